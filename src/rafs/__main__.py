@@ -1,0 +1,7 @@
+"""`python -m rafs` runs the command-line interface."""
+
+import sys
+
+from rafs.cli import main
+
+sys.exit(main())
