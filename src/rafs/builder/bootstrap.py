@@ -1,0 +1,443 @@
+"""Lay out and write a RAFS v6 bootstrap exactly as nydus-image does.
+
+Layout pass (nydus `Bootstrap::build_rafs` and `Node::v6_set_*offset*`): inodes are placed
+in a "pre-shift" space that starts at 4096, so the root's nid is always 128. Starting from
+the root, each directory is placed (inode, then its dirent blocks), then each of its
+non-directory children in name order, then each child directory recursively. Small inodes
+are tucked into the free tails of blocks already used by directory data (a FIFO list per
+free-size bucket), directories and symlinks keep their last partial block inline after the
+inode when it fits, and every placement ends aligned to the 32-byte inode slot.
+
+Dump pass: superblock, extended superblock, device slots, blob table, prefetch table,
+then the metadata area shifted to `meta_addr`, then the chunk table; the file is padded to
+a whole number of 4 KiB blocks.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from rafs.builder.tree import Chunk, Inode
+from rafs.errors import InvalidArgument
+from rafs.format.blobtable import BlobEntry, BlobFeatures, Compressor, DeviceSlot, Digester
+from rafs.format.chunktable import ChunkFlags, ChunkInfo, pack_prefetch_table
+from rafs.format.dirent import dirent_blocks, pack_dirent_block
+from rafs.format.inode import (
+    EROFS_CHUNK_FORMAT_INDEXES,
+    EROFS_INODE_SLOT_SIZE,
+    ChunkAddr,
+    DataLayout,
+    InodeExtended,
+    file_type_of_mode,
+    make_i_format,
+)
+from rafs.format.record import align_up
+from rafs.format.superblock import (
+    EROFS_BLKSZBITS,
+    EROFS_BLOCK_SIZE,
+    EROFS_SUPER_OFFSET,
+    RAFS_EXT_SUPER_OFFSET,
+    RafsSuperFlags,
+    SuperBlock,
+    SuperBlockExt,
+)
+from rafs.format.xattr import pack_xattrs, xattr_body_size, xattr_icount
+
+BLOCK = EROFS_BLOCK_SIZE
+DEVICE_TABLE_OFFSET = 0x580
+MAPPED_BLKADDR_ALIGN = 0x8_0000  # flat-device blobs start on 512 KiB boundaries
+MAX_BLOBS = 254
+
+COMPRESSION_FLAG = {
+    Compressor.NONE: RafsSuperFlags.COMPRESSION_NONE,
+    Compressor.LZ4_BLOCK: RafsSuperFlags.COMPRESSION_LZ4,
+    Compressor.GZIP: RafsSuperFlags.COMPRESSION_GZIP,
+    Compressor.ZSTD: RafsSuperFlags.COMPRESSION_ZSTD,
+}
+DIGEST_FLAG = {Digester.BLAKE3: RafsSuperFlags.HASH_BLAKE3,
+               Digester.SHA256: RafsSuperFlags.HASH_SHA256}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """Image-wide settings recorded in the superblock."""
+
+    chunk_size: int
+    compressor: Compressor
+    digester: Digester
+    explicit_uid_gid: bool = True
+    force_has_xattr: bool = False  # `merge` always sets HAS_XATTR
+    prefetch_patterns: tuple[str, ...] = ("/",)
+
+
+@dataclass(eq=False, slots=True)
+class _Placed:
+    """Where the layout pass put one inode."""
+
+    inode: Inode
+    ino: int
+    offset: int  # pre-shift byte offset of the inode
+    inode_size: int  # fixed inode + xattr body
+    layout: DataLayout
+    data_offset: int = 0  # pre-shift offset of the first full data block (dirs, symlinks)
+    data_size: int = 0
+    nlink: int = 1
+    dirents: list[tuple[bytes, Inode]] = field(default_factory=list)
+
+    @property
+    def nid(self) -> int:
+        return self.offset // EROFS_INODE_SLOT_SIZE
+
+
+class _Allocator:
+    """The metadata cursor and the free block tails (nydus `BootstrapContext`)."""
+
+    def __init__(self) -> None:
+        self.offset = BLOCK
+        self._free: list[deque[int]] = [deque() for _ in range(BLOCK // 32)]
+
+    def align(self, alignment: int) -> None:
+        self.offset = align_up(self.offset, alignment)
+
+    def remember_tail(self, offset: int) -> None:
+        if offset % BLOCK:
+            self._free[(BLOCK - offset % BLOCK) // 32].append(offset - offset % BLOCK)
+
+    def take_tail(self, size: int) -> int:
+        """Place `size` bytes in a remembered block tail; 0 when none fits."""
+        if size >= BLOCK:
+            return 0
+        slots = (size + 31) // 32
+        for index in range(slots, BLOCK // 32):
+            if self._free[index]:
+                block = self._free[index].popleft()
+                offset = block + BLOCK - index * 32
+                self.remember_tail(offset + slots * 32)
+                return offset
+        return 0
+
+    def take(self, size: int) -> int:
+        """Place `size` bytes at the cursor."""
+        offset = self.offset
+        self.offset += size
+        return offset
+
+    def place_with_tail(self, inode_size: int, data_size: int) -> tuple[int, DataLayout, int]:
+        """Place a directory or symlink; (inode offset, layout, first data block offset)."""
+        tail = data_size % BLOCK
+        if tail and inode_size + tail <= BLOCK:
+            offset = self.take_tail(inode_size + tail)
+            if offset == 0:
+                if BLOCK - self.offset % BLOCK < inode_size + tail:
+                    self.remember_tail(self.offset)
+                    self.align(BLOCK)
+                offset = self.take(inode_size + tail)
+            if data_size != tail:
+                self.remember_tail(self.offset)
+                self.align(BLOCK)
+            data_offset = self.take(data_size - tail)
+            return offset, DataLayout.FLAT_INLINE, data_offset
+        offset = self.take_tail(inode_size) or self.take(inode_size)
+        self.remember_tail(self.offset)
+        self.align(BLOCK)
+        data_offset = self.take(data_size)
+        self.align(BLOCK)
+        return offset, DataLayout.FLAT_PLAIN, data_offset
+
+
+def _entry_names(directory: Inode) -> list[bytes]:
+    return sorted([b".", b"..", *directory.children])
+
+
+class _Layout:
+    """Assigns inode numbers, nids and data offsets to every inode of a tree."""
+
+    def __init__(self, root: Inode, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.alloc = _Allocator()
+        self.placed: dict[int, _Placed] = {}
+        self.parent: dict[int, Inode] = {id(root): root}
+        self.node_count = 1
+        self.root = self._place_dir(root, 1)
+        self._visit(root)
+        self._count_links(root)
+
+    def _place_dir(self, directory: Inode, ino: int) -> _Placed:
+        inode_size = InodeExtended.SIZE + xattr_body_size(directory.xattrs)
+        _, dir_size = dirent_blocks(_entry_names(directory), BLOCK)
+        offset, layout, data_offset = self.alloc.place_with_tail(inode_size, dir_size)
+        self.alloc.align(EROFS_INODE_SLOT_SIZE)
+        placed = _Placed(directory, ino, offset, inode_size, layout, data_offset, dir_size)
+        self.placed[id(directory)] = placed
+        return placed
+
+    def _place_other(self, inode: Inode, ino: int) -> None:
+        inode_size = InodeExtended.SIZE + xattr_body_size(inode.xattrs)
+        alloc = self.alloc
+        if inode.is_reg:
+            total = align_up(inode_size, 8) + 8 * self._chunk_count(inode)
+            placed = _Placed(inode, ino, alloc.take_tail(total) or alloc.take(total), inode_size,
+                             DataLayout.CHUNK_BASED)  # fmt: skip
+        elif inode.is_symlink:
+            offset, layout, data_offset = alloc.place_with_tail(inode_size, len(inode.target))
+            placed = _Placed(inode, ino, offset, inode_size, layout, data_offset,
+                             len(inode.target))  # fmt: skip
+        else:
+            placed = _Placed(inode, ino, alloc.take(inode_size), inode_size,
+                             DataLayout.FLAT_PLAIN)  # fmt: skip
+        alloc.align(EROFS_INODE_SLOT_SIZE)
+        self.placed[id(inode)] = placed
+
+    def _chunk_count(self, inode: Inode) -> int:
+        return (inode.size + self.chunk_size - 1) // self.chunk_size
+
+    def _visit(self, directory: Inode) -> None:
+        subdirs = []
+        for name in sorted(directory.children):
+            child = directory.children[name]
+            self.node_count += 1
+            if id(child) in self.placed:  # a later name of a hard-linked file
+                continue
+            if child.is_dir:
+                self.parent[id(child)] = directory
+                subdirs.append((child, self.node_count))
+            else:
+                self._place_other(child, self.node_count)
+        for child, ino in subdirs:
+            self._place_dir(child, ino)
+            self._visit(child)
+
+    def _count_links(self, root: Inode) -> None:
+        """Directories: 2 + subdirectories; regular files: the names they have."""
+        names: dict[int, int] = {}
+        for directory in _directories(root):
+            self.placed[id(directory)].nlink = 2 + sum(
+                1 for child in directory.children.values() if child.is_dir
+            )
+            for child in directory.children.values():
+                if child.is_reg:
+                    names[id(child)] = names.get(id(child), 0) + 1
+        for key, count in names.items():
+            self.placed[key].nlink = count
+
+    @property
+    def end(self) -> int:
+        return self.alloc.offset
+
+
+def _directories(root: Inode) -> Iterator[Inode]:
+    yield root
+    for name in sorted(root.children):
+        child = root.children[name]
+        if child.is_dir:
+            yield from _directories(child)
+
+
+def _walk_bfs(root: Inode) -> Iterator[Inode]:
+    """nydus `walk_bfs` order: the root, a directory's children, then each child directory."""
+    yield root
+    pending = [root]
+    while pending:
+        directory = pending.pop(0)
+        for name in sorted(directory.children):
+            child = directory.children[name]
+            yield child
+            if child.is_dir:
+                pending.append(child)
+
+
+def chunk_format(inode: Inode, chunk_size: int) -> int:
+    """`i_u` of a chunk-based inode: one big chunk when the data is contiguous in its blob."""
+    chunks = inode.chunks
+    size = chunk_size
+    if inode.size > chunk_size and all(
+        c.blob_index == chunks[0].blob_index
+        and c.uncompressed_offset == chunks[0].uncompressed_offset + i * chunk_size
+        for i, c in enumerate(chunks)
+    ):
+        size = 1 << (inode.size - 1).bit_length()
+    return EROFS_CHUNK_FORMAT_INDEXES | (size.bit_length() - 1 - EROFS_BLKSZBITS)
+
+
+def _prefetch_nids(root: Inode, layout: _Layout, patterns: Sequence[str]) -> list[int]:
+    """Nids of the prefetch patterns that exist, in pattern order, minus covered ones."""
+    nids: list[int] = []
+    kept: list[bytes] = []
+    for pattern in patterns:
+        path = b"/" + pattern.encode().strip(b"/")
+        if any(path == k or path.startswith(k.rstrip(b"/") + b"/") for k in kept):
+            continue
+        node: Inode | None = root
+        for part in path.split(b"/"):
+            if part and node is not None:
+                node = node.children.get(part)
+        if node is not None:
+            kept.append(path)
+            nids.append(layout.placed[id(node)].nid)
+    return nids
+
+
+def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapOptions) -> bytes:
+    """The complete RAFS v6 bootstrap of `root` whose chunks live in `blobs` (table order)."""
+    if len(blobs) > MAX_BLOBS:
+        raise InvalidArgument(f"{len(blobs)} blobs: RAFS v6 allows at most {MAX_BLOBS}")
+    layout = _Layout(root, options.chunk_size)
+    blob_table_offset = align_up(DEVICE_TABLE_OFFSET + 128 * len(blobs), BLOCK)
+    prefetch = _prefetch_nids(root, layout, options.prefetch_patterns) if blobs else []
+    prefetch_offset = blob_table_offset + 256 * len(blobs)
+    meta_addr = align_up(prefetch_offset + 4 * len(prefetch), BLOCK) if blobs else 0
+    chunk_table = _chunk_table(root, options.chunk_size)
+    chunk_table_offset = align_up(meta_addr + layout.end, BLOCK)
+    size = align_up(chunk_table_offset + ChunkInfo.SIZE * len(chunk_table), BLOCK)
+    image = bytearray(size)
+
+    has_xattr = options.force_has_xattr
+    for placed in layout.placed.values():
+        has_xattr |= bool(placed.inode.xattrs)
+        _dump_inode(image, placed, layout, meta_addr, options.chunk_size)
+
+    flags = (COMPRESSION_FLAG[options.compressor] | DIGEST_FLAG[options.digester]
+             | RafsSuperFlags.ENCRYPTION_NONE)  # fmt: skip
+    if options.explicit_uid_gid:
+        flags |= RafsSuperFlags.EXPLICIT_UID_GID
+    if has_xattr:
+        flags |= RafsSuperFlags.HAS_XATTR
+    if all(b.features & BlobFeatures.INLINED_CHUNK_DIGEST for b in blobs):
+        flags |= RafsSuperFlags.INLINED_CHUNK_DIGEST
+
+    mapped = size
+    for index, blob in enumerate(blobs):
+        blocks = blob.uncompressed_size // BLOCK
+        blkaddr = align_up(mapped, MAPPED_BLKADDR_ALIGN) // BLOCK
+        mapped = (blkaddr + blocks) * BLOCK
+        slot = DeviceSlot(blob.blob_id, blocks, blkaddr)
+        slot_at = DEVICE_TABLE_OFFSET + 128 * index
+        image[slot_at : slot_at + 128] = slot.pack()
+        entry = replace(blob, blob_index=index, chunk_size=options.chunk_size)
+        entry_at = blob_table_offset + 256 * index
+        image[entry_at : entry_at + 256] = entry.pack()
+    image[prefetch_offset : prefetch_offset + 4 * len(prefetch)] = pack_prefetch_table(prefetch)
+    table = b"".join(chunk_table)
+    image[chunk_table_offset : chunk_table_offset + len(table)] = table
+
+    superblock = SuperBlock(
+        s_inos=layout.node_count,
+        s_blocks=sum(b.uncompressed_size // BLOCK for b in blobs),
+        s_meta_blkaddr=meta_addr // BLOCK,
+        s_extra_devices=len(blobs),
+    )
+    image[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE] = superblock.pack()
+    ext = SuperBlockExt(
+        s_flags=int(flags),
+        s_blob_table_offset=blob_table_offset,
+        s_blob_table_size=256 * len(blobs),
+        s_chunk_size=options.chunk_size,
+        s_chunk_table_offset=chunk_table_offset,
+        s_chunk_table_size=ChunkInfo.SIZE * len(chunk_table),
+        s_prefetch_table_offset=prefetch_offset if prefetch else 0,
+        s_prefetch_table_size=4 * len(prefetch),
+    )
+    image[RAFS_EXT_SUPER_OFFSET : RAFS_EXT_SUPER_OFFSET + SuperBlockExt.SIZE] = ext.pack()
+    return bytes(image)
+
+
+def _chunk_table(root: Inode, chunk_size: int) -> list[bytes]:
+    """Chunk table entries sorted by (digest, blob index); the last user sets file_offset."""
+    entries: dict[tuple[bytes, int], bytes] = {}
+    for inode in _walk_bfs(root):
+        for position, chunk in enumerate(inode.chunks):
+            entries[(chunk.digest, chunk.blob_index)] = _chunk_info(chunk, position * chunk_size)
+    return [entries[key] for key in sorted(entries)]
+
+
+def _chunk_info(chunk: Chunk, file_offset: int) -> bytes:
+    flags = ChunkFlags.HAS_CRC32 | (ChunkFlags.COMPRESSED if chunk.compressed else 0)
+    return ChunkInfo(
+        chunk.digest, chunk.blob_index, int(flags), chunk.compressed_size,
+        chunk.uncompressed_size, chunk.compressed_offset, chunk.uncompressed_offset,
+        file_offset, chunk.ci_index, chunk.crc32,
+    ).pack()  # fmt: skip
+
+
+def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: int,
+                chunk_size: int) -> None:  # fmt: skip
+    inode = placed.inode
+    start = meta_addr + placed.offset
+    data_block = (meta_addr + placed.data_offset) // BLOCK
+    tail = b""
+    if inode.is_dir:
+        i_size = placed.data_size
+        i_u = data_block
+        blocks = _dir_blocks(inode, placed, layout)
+        if placed.layout == DataLayout.FLAT_INLINE:
+            tail = blocks.pop()
+        data = b"".join(blocks)
+    elif inode.is_symlink:
+        i_size, i_u = len(inode.target), data_block
+        full = len(inode.target) - len(inode.target) % BLOCK
+        if placed.layout == DataLayout.FLAT_INLINE:
+            tail = inode.target[full:]
+            data = inode.target[:full]
+        else:
+            data = inode.target
+    elif inode.is_reg:
+        i_size, i_u = inode.size, chunk_format(inode, chunk_size)
+        data = b""
+    else:
+        i_size, i_u, data = 0, inode.rdev, b""
+    xattrs = pack_xattrs(inode.xattrs)
+    record = InodeExtended(
+        make_i_format(True, placed.layout), xattr_icount(len(xattrs)), inode.mode, 0, i_size,
+        i_u, placed.ino, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, placed.nlink,
+    ).pack()  # fmt: skip
+    body = record + xattrs + tail
+    if inode.is_reg:
+        body = body.ljust(align_up(len(body), 8), b"\0") + b"".join(
+            ChunkAddr.make(c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK).pack()
+            for c in inode.chunks
+        )
+    image[start : start + len(body)] = body
+    if data:
+        data_start = meta_addr + placed.data_offset
+        image[data_start : data_start + len(data)] = data
+
+
+def _dir_blocks(directory: Inode, placed: _Placed, layout: _Layout) -> list[bytes]:
+    """The directory's data blocks; the last one unpadded (it may be an inline tail)."""
+    names = _entry_names(directory)
+    counts, _ = dirent_blocks(names, BLOCK)
+    parent_nid = layout.placed[id(layout.parent[id(directory)])].nid
+    blocks = []
+    position = 0
+    for number, count in enumerate(counts):
+        entries = []
+        for name in names[position : position + count]:
+            if name == b".":
+                entries.append((name, placed.nid, file_type_of_mode(stat.S_IFDIR)))
+            elif name == b"..":
+                entries.append((name, parent_nid, file_type_of_mode(stat.S_IFDIR)))
+            else:
+                child = directory.children[name]
+                entries.append((name, layout.placed[id(child)].nid,
+                                file_type_of_mode(child.mode)))  # fmt: skip
+        position += count
+        blocks.append(pack_dirent_block(entries, BLOCK, pad=number + 1 < len(counts)))
+    return blocks
+
+
+def rename_blobs(bootstrap: bytes, blob_ids: Sequence[str]) -> bytes:
+    """The bootstrap with its blobs renamed (in table order) and no longer marked inlined."""
+    image = bytearray(bootstrap)
+    ext = SuperBlockExt.unpack(image, RAFS_EXT_SUPER_OFFSET)
+    for index, blob_id in enumerate(blob_ids):
+        name = blob_id.encode().ljust(64, b"\0")
+        slot_at = DEVICE_TABLE_OFFSET + 128 * index
+        image[slot_at : slot_at + 64] = name
+        entry_at = ext.s_blob_table_offset + 256 * index
+        entry = BlobEntry.unpack(image, entry_at)
+        features = entry.features & ~BlobFeatures.INLINED_FS_META
+        image[entry_at : entry_at + 256] = replace(entry, blob_id=name, features=features).pack()
+    return bytes(image)

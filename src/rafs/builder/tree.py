@@ -1,0 +1,73 @@
+"""The in-memory file tree a build produces and the bootstrap writer consumes.
+
+An `Inode` carries one file's attributes; a directory inode maps names to child inodes.
+A hard link is the same `Inode` object under several names, so `nlink` is derived, never
+stored. Regular files list their chunks in file order.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk stored in a data blob; files that hold the same data share it."""
+
+    digest: bytes
+    blob_index: int
+    ci_index: int
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_offset: int
+    uncompressed_size: int
+    compressed: bool
+    crc32: int
+
+
+@dataclass(eq=False, slots=True)
+class Inode:
+    """A file's attributes; directories also hold their children by name."""
+
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    mtime_nsec: int = 0
+    size: int = 0
+    rdev: int = 0  # Linux new_encode_dev form
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    target: bytes = b""  # symlink target
+    chunks: list[Chunk] = field(default_factory=list)
+    children: dict[bytes, Inode] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+def new_directory(mode: int = 0o755) -> Inode:
+    """A directory as nydus makes for parents a tar never names: 0755, root, mtime 0."""
+    return Inode(mode=stat.S_IFDIR | mode)
+
+
+def walk(root: Inode, prefix: bytes = b"/") -> Iterator[tuple[bytes, Inode]]:
+    """Every (path, inode) in depth-first name order, the root first."""
+    yield prefix, root
+    for name in sorted(root.children):
+        child = root.children[name]
+        path = prefix + name if prefix.endswith(b"/") else prefix + b"/" + name
+        if child.is_dir:
+            yield from walk(child, path)
+        else:
+            yield path, child

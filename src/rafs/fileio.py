@@ -1,0 +1,61 @@
+"""Small file helpers: atomic output files that hash what is written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+
+class AtomicHashingFile:
+    """Write to a temp file beside `path`, hashing with SHA-256; `commit` renames it in.
+
+    Nothing appears at `path` unless `commit` runs; leaving the context without it removes
+    the temp file. Used as a context manager.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        self._temp = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._hash = hashlib.sha256()
+        self._position = 0
+        self._done = False
+
+    def write(self, data: bytes, /) -> int:
+        self._file.write(data)
+        self._hash.update(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._temp, self.path)
+        self._done = True
+
+    def __enter__(self) -> AtomicHashingFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        if not self._done:
+            self._file.close()
+            self._temp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically."""
+    with AtomicHashingFile(path) as out:
+        out.write(data)
+        out.commit()

@@ -1,0 +1,58 @@
+"""Open any Nydus artifact: a bootstrap file or a Nydus layer (blob with inlined bootstrap)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rafs.errors import FormatError, NotFound, Unsupported
+from rafs.format.toc import SECTION_BOOTSTRAP
+from rafs.reader.blobs import BlobSet
+from rafs.reader.image import RafsImage, is_rafs_v6
+from rafs.reader.layer import read_section
+
+RAFS_V5_MAGIC = b"SFAR"
+MAX_BOOTSTRAP = 1 << 30
+
+
+@dataclass
+class Artifact:
+    """An opened image: its metadata and its blobs."""
+
+    image: RafsImage
+    blobs: BlobSet
+    layer: Path | None  # set when the artifact is a layer file
+
+    def close(self) -> None:
+        self.blobs.close()
+
+    def __enter__(self) -> Artifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
+    """Open a bootstrap file or a Nydus layer file."""
+    if not path.is_file():
+        raise NotFound(f"{path}: no such file")
+    with path.open("rb") as f:
+        head = f.read(4096)
+        if head[:4] == RAFS_V5_MAGIC:
+            raise Unsupported(f"{path}: RAFS v5 bootstraps are not supported yet")
+        if is_rafs_v6(head):
+            size = f.seek(0, 2)
+            if size > MAX_BOOTSTRAP:
+                raise FormatError(f"{path}: bootstrap of {size} bytes is too large")
+            f.seek(0)
+            image = RafsImage(f.read(), str(path))
+            return Artifact(image, BlobSet(image, None, blob_dir or path.parent), None)
+        try:
+            bootstrap = read_section(f, SECTION_BOOTSTRAP, str(path))
+        except NotFound:
+            raise FormatError(f"{path}: neither a bootstrap nor a Nydus layer") from None
+    if not is_rafs_v6(bootstrap[:4096]):
+        raise FormatError(f"{path}: the layer's image.boot is not a RAFS v6 bootstrap")
+    image = RafsImage(bootstrap, str(path))
+    return Artifact(image, BlobSet(image, path, blob_dir), path)

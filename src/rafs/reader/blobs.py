@@ -1,0 +1,104 @@
+"""Where a bootstrap's data blobs are found, and reading chunks out of them.
+
+A blob that carries the bootstrap inline (a Nydus layer; its table entry has the
+INLINED_FS_META feature or the placeholder id) is the layer file itself. Any other blob is
+looked up by id in the blob folder: a file named `<blob id>`, or `sha256/<blob id>`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from rafs.codecs import decompress, digest_function
+from rafs.errors import FormatError, IntegrityError, NotFound
+from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
+from rafs.format.chunktable import ChunkInfo
+from rafs.reader.image import RafsImage
+
+
+class BlobSet:
+    """The open data blobs of one image, by blob index."""
+
+    def __init__(self, image: RafsImage, layer: Path | None, blob_dir: Path | None) -> None:
+        self.image = image
+        self._layer = layer
+        self._blob_dir = blob_dir
+        self._files: dict[int, BinaryIO] = {}
+
+    def path(self, index: int) -> Path:
+        blob = self.image.blobs[index]
+        if self._layer is not None and (
+            blob.features & BlobFeatures.INLINED_FS_META or blob.id == PLACEHOLDER_BLOB_ID
+        ):
+            return self._layer
+        if self._blob_dir is None:
+            raise NotFound(f"{self.image.source}: blob {blob.id} needs --blob-dir")
+        for candidate in (self._blob_dir / blob.id, self._blob_dir / "sha256" / blob.id):
+            if candidate.is_file():
+                return candidate
+        raise NotFound(f"{self.image.source}: blob {blob.id} not found in {self._blob_dir}")
+
+    def open(self, index: int) -> BinaryIO:
+        f = self._files.get(index)
+        if f is None:
+            path = self.path(index)
+            f = path.open("rb")
+            blob = self.image.blobs[index]
+            size = os.fstat(f.fileno()).st_size
+            if size < blob.compressed_size:
+                f.close()
+                raise FormatError(
+                    f"{path}: blob is {size} bytes, shorter than the {blob.compressed_size} "
+                    "its table entry says"
+                )
+            self._files[index] = f
+        return f
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def read_chunk(self, info: ChunkInfo, verify: bool = True) -> bytes:
+        """The uncompressed bytes of one chunk, its digest checked when `verify`."""
+        if info.blob_index >= len(self.image.blobs):
+            raise FormatError(f"{self.image.source}: chunk names missing blob {info.blob_index}")
+        blob: BlobEntry = self.image.blobs[info.blob_index]
+        f = self.open(info.blob_index)
+        f.seek(info.compressed_offset)
+        stored = f.read(info.compressed_size)
+        where = f"{getattr(f, 'name', blob.id)}: chunk {info.block_id.hex()[:16]}"
+        if len(stored) != info.compressed_size:
+            raise FormatError(f"{where}: blob ends inside the chunk")
+        algo = blob.compression_algo if info.compressed else 0
+        try:
+            data = decompress(stored, algo, info.uncompressed_size)
+        except FormatError as exc:
+            raise IntegrityError(f"{where}: {exc}") from None
+        if verify and digest_function(blob.digest_algo)(data) != info.block_id:
+            raise IntegrityError(f"{where}: data does not match the chunk digest")
+        return data
+
+
+def read_file(blobs: BlobSet, nid: int, offset: int = 0, size: int | None = None) -> bytes:
+    """Bytes [offset, offset+size) of a regular file (to its end when size is None)."""
+    image = blobs.image
+    st = image.stat(nid)
+    end = st.size if size is None else min(st.size, offset + size)
+    if offset >= end:
+        return b""
+    chunk_size = image.chunk_size
+    infos = image.file_chunks(nid)
+    parts = []
+    for index in range(offset // chunk_size, (end - 1) // chunk_size + 1):
+        info = infos[index]
+        expected = min(chunk_size, st.size - index * chunk_size)
+        if info.uncompressed_size != expected:
+            raise FormatError(f"{image.source}: nid {nid} chunk {index} has "
+                              f"{info.uncompressed_size} bytes, expected {expected}")  # fmt: skip
+        data = blobs.read_chunk(info)
+        base = index * chunk_size
+        parts.append(data[max(0, offset - base) : end - base])
+    return b"".join(parts)

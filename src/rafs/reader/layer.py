@@ -1,0 +1,107 @@
+"""Find sections of a Nydus layer from its end: through the ToC, or by walking tar headers.
+
+Only the bytes needed are read: the last tar header, the ToC entries, then the section
+itself. Layers without a ToC (older builders) are walked header by header backwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+from rafs.codecs import decompress
+from rafs.errors import FormatError, NotFound
+from rafs.format.blobtable import Compressor
+from rafs.format.toc import (
+    TAR_BLOCK,
+    TOC_NAME,
+    TocEntry,
+    TocFlags,
+    parse_section_header,
+)
+
+MAX_TOC_SIZE = 1 << 20
+MAX_SECTION_SIZE = 1 << 30
+_TOC_COMPRESSOR = {
+    TocFlags.COMPRESSION_NONE: Compressor.NONE,
+    TocFlags.COMPRESSION_ZSTD: Compressor.ZSTD,
+    TocFlags.COMPRESSION_LZ4_BLOCK: Compressor.LZ4_BLOCK,
+}
+
+
+def _read_at(f: BinaryIO, offset: int, size: int, where: str) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise FormatError(f"{where}: truncated: wanted {size} bytes at {offset}")
+    return data
+
+
+def _file_size(f: BinaryIO) -> int:
+    return f.seek(0, 2)
+
+
+def read_toc(f: BinaryIO, where: str) -> list[TocEntry] | None:
+    """The ToC entries of a layer, or None when the layer ends with another section."""
+    size = _file_size(f)
+    if size < TAR_BLOCK:
+        raise FormatError(f"{where}: {size} bytes is too small for a Nydus layer")
+    name, toc_size = parse_section_header(_read_at(f, size - TAR_BLOCK, TAR_BLOCK, where), where)
+    if name != TOC_NAME:
+        return None
+    if toc_size % TocEntry.SIZE or toc_size > MAX_TOC_SIZE or toc_size + TAR_BLOCK > size:
+        raise FormatError(f"{where}: ToC of {toc_size} bytes does not fit the layer")
+    raw = _read_at(f, size - TAR_BLOCK - toc_size, toc_size, where)
+    entries = []
+    for offset in range(0, toc_size, TocEntry.SIZE):
+        entry = TocEntry.unpack(raw, offset)
+        try:
+            entry.validate()
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
+        entries.append(entry)
+    return entries
+
+
+def _find_by_headers(f: BinaryIO, name: bytes, where: str) -> tuple[int, int]:
+    """(offset, size) of a section found by walking the tar headers from the end."""
+    end = _file_size(f)
+    while end >= TAR_BLOCK:
+        section, size = parse_section_header(_read_at(f, end - TAR_BLOCK, TAR_BLOCK, where), where)
+        start = end - TAR_BLOCK - size
+        if start < 0:
+            raise FormatError(f"{where}: section {section!r} runs before the start of the layer")
+        if section == name:
+            return start, size
+        end = start
+    raise NotFound(f"{where}: no {name.decode()} section in the layer")
+
+
+def read_section(f: BinaryIO, name: bytes, where: str) -> bytes:
+    """The uncompressed bytes of a named section, its digest verified when the ToC has one."""
+    entries = read_toc(f, where)
+    if entries is None:
+        offset, size = _find_by_headers(f, name, where)
+        if size > MAX_SECTION_SIZE:
+            raise FormatError(f"{where}: section {name.decode()} of {size} bytes is too large")
+        return _read_at(f, offset, size, where)
+    for entry in entries:
+        if entry.section == name:
+            break
+    else:
+        raise NotFound(f"{where}: the ToC has no {name.decode()} entry")
+    layer_size = _file_size(f)
+    if entry.compressed_offset + entry.compressed_size > layer_size:
+        raise FormatError(f"{where}: ToC entry {name.decode()} points past the end")
+    if entry.uncompressed_size > MAX_SECTION_SIZE:
+        raise FormatError(f"{where}: section {name.decode()} of {entry.uncompressed_size} "
+                          "bytes is too large")  # fmt: skip
+    stored = _read_at(f, entry.compressed_offset, entry.compressed_size, where)
+    try:
+        data = decompress(stored, _TOC_COMPRESSOR[TocFlags(entry.flags)], entry.uncompressed_size)
+    except FormatError as exc:
+        raise FormatError(f"{where}: section {name.decode()}: {exc}") from None
+    expected = entry.uncompressed_digest
+    if any(expected) and hashlib.sha256(data).digest() != expected:
+        raise FormatError(f"{where}: section {name.decode()} does not match its ToC digest")
+    return data
