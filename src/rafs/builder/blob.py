@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 from rafs.builder.options import BuildOptions
 from rafs.builder.tree import Chunk, Inode
@@ -126,7 +126,7 @@ class BlobWriter:
         self._compressed_end = 0
         self._uncompressed_end = 0
 
-    def add_file(self, inode: Inode, reader: BinaryIO, size: int, name: str) -> None:
+    def add_file(self, inode: Inode, reader: IO[bytes], size: int, name: str) -> None:
         """Read exactly `size` bytes of file data and queue its chunks for `inode`."""
         remaining = size
         chunk_size = self._options.chunk_size

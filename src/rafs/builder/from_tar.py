@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import stat
 import tarfile
-from typing import BinaryIO
+from typing import IO
 
 from rafs.builder.blob import BlobWriter
 from rafs.builder.tree import Inode, new_directory
@@ -165,7 +165,7 @@ class TarTreeBuilder:
         self._parent(parts).children[parts[-1]] = target
 
 
-def tree_from_tar(stream: BinaryIO, blob: BlobWriter, source: str) -> Inode:
+def tree_from_tar(stream: IO[bytes], blob: BlobWriter, source: str) -> Inode:
     """Read a whole (uncompressed) tar stream into a tree."""
     builder = TarTreeBuilder(blob, source)
     try:

@@ -1,0 +1,202 @@
+"""`rafs inspect`, `ls`, `cat`, `check` and `export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rafs.errors import InvalidArgument
+from rafs.format.blobtable import BlobFeatures, Compressor, Digester
+from rafs.reader.artifact import Artifact, open_artifact
+from rafs.reader.blobs import read_file
+from rafs.reader.check import check_image
+from rafs.reader.export import export_blob_data, export_block
+from rafs.reader.image import RafsImage, Stat
+
+READ_BLOCK = 1 << 20
+
+
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="bootstrap or Nydus layer file")
+    parser.add_argument("--blob-dir", type=Path, help="folder of blobs named by blob id")
+
+
+def register(commands: Any) -> None:
+    inspect = commands.add_parser("inspect", help="superblock, flags, blob table, counts")
+    _image_args(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(run=run_inspect)
+
+    ls = commands.add_parser("ls", help="list entries")
+    _image_args(ls)
+    ls.add_argument("path", nargs="?", default="/")
+    ls.add_argument("-l", dest="long", action="store_true", help="long listing")
+    ls.add_argument("-R", dest="recursive", action="store_true", help="recurse")
+    ls.set_defaults(run=run_ls)
+
+    cat = commands.add_parser("cat", help="write one file's content to stdout")
+    _image_args(cat)
+    cat.add_argument("path")
+    cat.set_defaults(run=run_cat)
+
+    check = commands.add_parser("check", help="check structure and every chunk digest")
+    _image_args(check)
+    check.set_defaults(run=run_check)
+
+    export = commands.add_parser("export", help="export for the kernel's EROFS driver")
+    _image_args(export)
+    form = export.add_mutually_exclusive_group(required=True)
+    form.add_argument("--block", action="store_true",
+                      help="one flat EROFS image (mount -t erofs -o loop,ro)")  # fmt: skip
+    form.add_argument("--blob-data", action="store_true",
+                      help="bootstrap and uncompressed blobs, for -o device=")  # fmt: skip
+    export.add_argument("-o", "--output", type=Path, required=True,
+                        help="image file (--block) or folder (--blob-data)")  # fmt: skip
+    export.set_defaults(run=run_export)
+
+
+def _flag_names(flags: int, kind: type[Any]) -> list[str]:
+    return [member.name for member in kind if flags & member.value]
+
+
+def _summary(artifact: Artifact) -> dict[str, Any]:
+    image = artifact.image
+    sb, ext = image.superblock, image.ext
+    counts = {"inodes": 0, "directories": 0, "regular": 0, "symlinks": 0, "other": 0}
+    seen = set()
+    for _, st in image.walk():
+        if st.nid in seen:
+            continue
+        seen.add(st.nid)
+        counts["inodes"] += 1
+        kind = ("directories" if st.is_dir else "regular" if st.is_reg
+                else "symlinks" if st.is_symlink else "other")  # fmt: skip
+        counts[kind] += 1
+    return {
+        "source": image.source,
+        "version": 6,
+        "block_size": image.block_size,
+        "root_nid": sb.s_root_nid,
+        "inos": sb.s_inos,
+        "blocks": sb.s_blocks,
+        "meta_blkaddr": sb.s_meta_blkaddr,
+        "flags": _flag_names(ext.s_flags, type(ext.flags)),
+        "chunk_size": ext.s_chunk_size,
+        "chunk_table_entries": ext.s_chunk_table_size // 80,
+        "prefetch": image.prefetch_nids(),
+        "counts": counts,
+        "blobs": [
+            {
+                "index": blob.blob_index,
+                "id": blob.id,
+                "chunk_count": blob.chunk_count,
+                "compressor": Compressor(blob.compression_algo).name.lower(),
+                "digester": Digester(blob.digest_algo).name.lower(),
+                "features": _flag_names(blob.features, BlobFeatures),
+                "compressed_size": blob.compressed_size,
+                "uncompressed_size": blob.uncompressed_size,
+                "mapped_blkaddr": image.devices[blob.blob_index].mapped_blkaddr,
+            }
+            for blob in image.blobs
+        ],
+    }
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    with open_artifact(args.image, args.blob_dir) as artifact:
+        info = _summary(artifact)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"image:       {info['source']} (RAFS v6, {info['block_size']}-byte blocks)")
+    print(f"flags:       {' '.join(info['flags'])}")
+    print(f"chunk size:  {info['chunk_size']:#x}")
+    print(f"inodes:      {info['inos']} names, " + ", ".join(
+        f"{count} {kind}" for kind, count in info["counts"].items()))  # fmt: skip
+    print(f"chunks:      {info['chunk_table_entries']} in the chunk table")
+    print(f"prefetch:    {info['prefetch'] or 'none'}")
+    for blob in info["blobs"]:
+        print(f"blob {blob['index']}:      {blob['id']}")
+        print(f"             {blob['chunk_count']} chunks, {blob['compressor']}/"
+              f"{blob['digester']}, {blob['compressed_size']} bytes stored, "
+              f"{blob['uncompressed_size']} uncompressed, features "
+              f"{' '.join(blob['features'])}")  # fmt: skip
+    return 0
+
+
+def _long_line(image: RafsImage, st: Stat, name: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.mtime))
+    device = stat.S_ISCHR(st.mode) or stat.S_ISBLK(st.mode)
+    size = f"{st.rdev[0]}, {st.rdev[1]}" if device else str(st.size)
+    line = (f"{stat.filemode(st.mode)} {st.nlink:>3} {st.uid:>5} {st.gid:>5} {size:>10} "
+            f"{when} {name}")  # fmt: skip
+    if st.is_symlink:
+        line += " -> " + image.readlink(st.nid).decode(errors="replace")
+    return line
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    with open_artifact(args.image, args.blob_dir) as artifact:
+        image = artifact.image
+        nid = image.lookup(args.path)
+        base = "/" + args.path.strip("/")
+        rows: list[tuple[str, Stat]] = []
+        if args.recursive:
+            for path, st in image.walk():
+                text = path.decode(errors="replace")
+                if text == base or text.startswith(base.rstrip("/") + "/"):
+                    rows.append((text, st))
+        elif image.stat(nid).is_dir:
+            rows = [(e.name.decode(errors="replace"), image.stat(e.nid))
+                    for e in sorted(image.children(nid), key=lambda e: e.name)]  # fmt: skip
+        else:
+            rows = [(base, image.stat(nid))]
+        for name, st in rows:
+            print(_long_line(image, st, name) if args.long else name)
+    return 0
+
+
+def run_cat(args: argparse.Namespace) -> int:
+    with open_artifact(args.image, args.blob_dir) as artifact:
+        nid = artifact.image.lookup(args.path)
+        st = artifact.image.stat(nid)
+        if not st.is_reg:
+            raise InvalidArgument(f"{args.image}: {args.path} is not a regular file")
+        out = sys.stdout.buffer
+        for offset in range(0, st.size, READ_BLOCK):
+            out.write(read_file(artifact.blobs, nid, offset, READ_BLOCK))
+        out.flush()
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    with open_artifact(args.image, args.blob_dir) as artifact:
+        report = check_image(artifact)
+    for problem in report.problems:
+        print(f"rafs: {args.image}: {problem}", file=sys.stderr)
+    verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{args.image}: {verdict}: {report.inodes} inodes, {report.chunks} chunks, "
+          f"{report.chunk_bytes} bytes verified")  # fmt: skip
+    return 0 if report.ok else 1
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with open_artifact(args.image, args.blob_dir) as artifact:
+        if args.block:
+            size = export_block(artifact, args.output)
+            print(f"{args.output}: {size} bytes")
+            return 0
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "image.boot").write_bytes(artifact.image.data)
+        print(args.output / "image.boot")
+        for index, blob in enumerate(artifact.image.blobs):
+            name = artifact.layer.name if artifact.layer and index == 0 else blob.id
+            target = args.output / f"{name}.blob.data"
+            export_blob_data(artifact, index, target)
+            print(target)
+    return 0

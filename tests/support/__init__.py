@@ -1,0 +1,1 @@
+"""Test harness shared by every test folder: tree snapshots, kernel mounts, source trees."""
