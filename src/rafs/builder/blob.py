@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Protocol
 
 from rafs.builder.options import BuildOptions
 from rafs.builder.tree import Chunk, Inode
@@ -56,6 +56,12 @@ TOC_FLAGS = {
 }
 _BATCH_BYTES = 2 << 20
 _BATCH_COUNT = 256
+
+
+class Readable(Protocol):
+    """A source of file data: `read(n)` returns at most n bytes, b"" at the end."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 class Sink(Protocol):
@@ -126,7 +132,7 @@ class BlobWriter:
         self._compressed_end = 0
         self._uncompressed_end = 0
 
-    def add_file(self, inode: Inode, reader: IO[bytes], size: int, name: str) -> None:
+    def add_file(self, inode: Inode, reader: Readable, size: int, name: str) -> None:
         """Read exactly `size` bytes of file data and queue its chunks for `inode`."""
         remaining = size
         chunk_size = self._options.chunk_size
