@@ -37,6 +37,10 @@ class AtomicHashingFile:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def running_sha256(self) -> bytes:
+        """SHA-256 of everything written so far."""
+        return self._hash.copy().digest()
+
     def commit(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -25,10 +25,9 @@ from typing import Protocol
 from rafs.builder.options import BuildOptions
 from rafs.builder.tree import Chunk, Inode
 from rafs.codecs import compress, crc32c_of, digest_function
-from rafs.errors import FormatError
+from rafs.errors import FormatError, InvalidArgument
 from rafs.format.blobmeta import BLOB_META_HEADER_SIZE, BlobMetaHeader, ChunkInfoV1
 from rafs.format.blobtable import MAX_CHUNKS_PER_BLOB, BlobFeatures, Compressor
-from rafs.format.record import align_up
 from rafs.format.toc import (
     SECTION_BLOB,
     SECTION_BLOB_DIGEST,
@@ -65,11 +64,13 @@ class Readable(Protocol):
 
 
 class Sink(Protocol):
-    """Where blob bytes go: a file-like object that knows its position."""
+    """Where blob bytes go, from its first byte: knows its position and running SHA-256."""
 
     def write(self, data: bytes, /) -> int: ...
 
     def tell(self) -> int: ...
+
+    def running_sha256(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ class BlobWriter:
             bytes, int, bytes | None]]]]] = deque()  # fmt: skip
         self._known: dict[tuple[bytes, int], Chunk] = {}
         self._chunks: list[Chunk] = []
-        self._start = out.tell()
-        self._data_hash = hashlib.sha256()
+        if out.tell() != 0:
+            raise InvalidArgument("a blob must start at the beginning of its output")
         self._compressed_end = 0
         self._uncompressed_end = 0
 
@@ -164,36 +165,28 @@ class BlobWriter:
             self._drain_one()
 
     def _drain_one(self) -> None:
+        """Take the oldest batch's results: dedup, place and write its new chunks."""
         batch, future = self._inflight.popleft()
+        known, chunks, blob_index = self._known, self._chunks, self._blob_index
+        stored_pieces = []
         for (inode, data), (digest, crc, packed) in zip(batch, future.result(), strict=True):
             key = (digest, len(data))
-            chunk = self._known.get(key)
+            chunk = known.get(key)
             if chunk is None:
-                chunk = self._store(digest, crc, data, packed)
-                self._known[key] = chunk
+                if len(chunks) >= MAX_CHUNKS_PER_BLOB:
+                    raise FormatError(f"more than {MAX_CHUNKS_PER_BLOB} chunks in one blob")
+                stored = data if packed is None else packed
+                chunk = Chunk(digest, blob_index, len(chunks), self._compressed_end,
+                              len(stored), self._uncompressed_end, len(data),
+                              packed is not None, crc)  # fmt: skip
+                chunks.append(chunk)
+                known[key] = chunk
+                stored_pieces.append(stored)
+                self._compressed_end += len(stored)
+                self._uncompressed_end += (len(data) + 4095) & ~4095
             inode.chunks.append(chunk)
-
-    def _store(self, digest: bytes, crc: int, data: bytes, packed: bytes | None) -> Chunk:
-        if len(self._chunks) >= MAX_CHUNKS_PER_BLOB:
-            raise FormatError(f"more than {MAX_CHUNKS_PER_BLOB} chunks in one blob")
-        stored = data if packed is None else packed
-        chunk = Chunk(
-            digest=digest,
-            blob_index=self._blob_index,
-            ci_index=len(self._chunks),
-            compressed_offset=self._compressed_end,
-            compressed_size=len(stored),
-            uncompressed_offset=self._uncompressed_end,
-            uncompressed_size=len(data),
-            compressed=packed is not None,
-            crc32=crc,
-        )
-        self._out.write(stored)
-        self._data_hash.update(stored)
-        self._chunks.append(chunk)
-        self._compressed_end += len(stored)
-        self._uncompressed_end += align_up(len(data), 4096)
-        return chunk
+        if stored_pieces:
+            self._out.write(b"".join(stored_pieces))
 
     def flush(self) -> None:
         """Store every queued chunk, so all inodes have their complete chunk lists."""
@@ -211,11 +204,11 @@ class BlobWriter:
         if not self._chunks:
             return None
         out = self._out
-        header = pack_section_header(SECTION_BLOB, self._compressed_end)
-        self._data_hash.update(header)
-        out.write(header)
-        entries = [toc_entry(SECTION_BLOB, TocFlags.COMPRESSION_NONE, self._data_hash.digest(),
-                             self._start, self._compressed_end, self._uncompressed_end)]
+        out.write(pack_section_header(SECTION_BLOB, self._compressed_end))
+        # The blob starts the sink, so the sink's running hash is that of the chunk data and
+        # its header: the image.blob ToC digest (which, quirk, includes the header).
+        entries = [toc_entry(SECTION_BLOB, TocFlags.COMPRESSION_NONE, out.running_sha256(),
+                             0, self._compressed_end, self._uncompressed_end)]
 
         ci_data = b"".join(
             ChunkInfoV1.make(c.compressed_offset, c.compressed_size,

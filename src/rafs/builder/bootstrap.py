@@ -28,11 +28,11 @@ from rafs.format.dirent import dirent_blocks, pack_dirent_block
 from rafs.format.inode import (
     EROFS_CHUNK_FORMAT_INDEXES,
     EROFS_INODE_SLOT_SIZE,
-    ChunkAddr,
     DataLayout,
     InodeExtended,
     file_type_of_mode,
     make_i_format,
+    pack_chunk_addrs,
 )
 from rafs.format.record import align_up
 from rafs.format.superblock import (
@@ -98,26 +98,34 @@ class _Allocator:
     def __init__(self) -> None:
         self.offset = BLOCK
         self._free: list[deque[int]] = [deque() for _ in range(BLOCK // 32)]
+        self._nonempty = 0  # bit i set when bucket i holds a block
 
     def align(self, alignment: int) -> None:
-        self.offset = align_up(self.offset, alignment)
+        self.offset = (self.offset + alignment - 1) // alignment * alignment
 
     def remember_tail(self, offset: int) -> None:
         if offset % BLOCK:
-            self._free[(BLOCK - offset % BLOCK) // 32].append(offset - offset % BLOCK)
+            index = (BLOCK - offset % BLOCK) // 32
+            self._free[index].append(offset - offset % BLOCK)
+            self._nonempty |= 1 << index
 
     def take_tail(self, size: int) -> int:
-        """Place `size` bytes in a remembered block tail; 0 when none fits."""
+        """Place `size` bytes in a remembered block tail (smallest that fits, oldest first);
+        0 when none fits."""
         if size >= BLOCK:
             return 0
         slots = (size + 31) // 32
-        for index in range(slots, BLOCK // 32):
-            if self._free[index]:
-                block = self._free[index].popleft()
-                offset = block + BLOCK - index * 32
-                self.remember_tail(offset + slots * 32)
-                return offset
-        return 0
+        candidates = self._nonempty >> slots
+        if not candidates:
+            return 0
+        index = slots + (candidates & -candidates).bit_length() - 1
+        bucket = self._free[index]
+        block = bucket.popleft()
+        if not bucket:
+            self._nonempty &= ~(1 << index)
+        offset = block + BLOCK - index * 32
+        self.remember_tail(offset + slots * 32)
+        return offset
 
     def take(self, size: int) -> int:
         """Place `size` bytes at the cursor."""
@@ -346,20 +354,19 @@ def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapO
 
 def _chunk_table(root: Inode, chunk_size: int) -> list[bytes]:
     """Chunk table entries sorted by (digest, blob index); the last user sets file_offset."""
-    entries: dict[tuple[bytes, int], bytes] = {}
+    users: dict[tuple[bytes, int], tuple[Chunk, int]] = {}
     for inode in _walk_bfs(root):
         for position, chunk in enumerate(inode.chunks):
-            entries[(chunk.digest, chunk.blob_index)] = _chunk_info(chunk, position * chunk_size)
-    return [entries[key] for key in sorted(entries)]
-
-
-def _chunk_info(chunk: Chunk, file_offset: int) -> bytes:
-    flags = ChunkFlags.HAS_CRC32 | (ChunkFlags.COMPRESSED if chunk.compressed else 0)
-    return ChunkInfo(
-        chunk.digest, chunk.blob_index, int(flags), chunk.compressed_size,
-        chunk.uncompressed_size, chunk.compressed_offset, chunk.uncompressed_offset,
-        file_offset, chunk.ci_index, chunk.crc32,
-    ).pack()  # fmt: skip
+            users[(chunk.digest, chunk.blob_index)] = (chunk, position * chunk_size)
+    pack = ChunkInfo.STRUCT.pack
+    compressed = int(ChunkFlags.HAS_CRC32 | ChunkFlags.COMPRESSED)
+    raw = int(ChunkFlags.HAS_CRC32)
+    return [
+        pack(chunk.digest, chunk.blob_index, compressed if chunk.compressed else raw,
+             chunk.compressed_size, chunk.uncompressed_size, chunk.compressed_offset,
+             chunk.uncompressed_offset, file_offset, chunk.ci_index, chunk.crc32)
+        for chunk, file_offset in (users[key] for key in sorted(users))
+    ]  # fmt: skip
 
 
 def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: int,
@@ -388,16 +395,16 @@ def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: i
         data = b""
     else:
         i_size, i_u, data = 0, inode.rdev, b""
-    xattrs = pack_xattrs(inode.xattrs)
-    record = InodeExtended(
+    xattrs = pack_xattrs(inode.xattrs) if inode.xattrs else b""
+    record = InodeExtended.STRUCT.pack(
         make_i_format(True, placed.layout), xattr_icount(len(xattrs)), inode.mode, 0, i_size,
         i_u, placed.ino, inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, placed.nlink,
-    ).pack()  # fmt: skip
+        bytes(16),
+    )  # fmt: skip
     body = record + xattrs + tail
-    if inode.is_reg:
-        body = body.ljust(align_up(len(body), 8), b"\0") + b"".join(
-            ChunkAddr.make(c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK).pack()
-            for c in inode.chunks
+    if inode.chunks:
+        body = body.ljust(align_up(len(body), 8), b"\0") + pack_chunk_addrs(
+            [(c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK) for c in inode.chunks]
         )
     image[start : start + len(body)] = body
     if data:

@@ -64,6 +64,10 @@ class TarEntry:
 
 def _number(field_bytes: bytes, what: str, offset: int) -> int:
     """An octal (NUL/space padded) or GNU base-256 numeric header field."""
+    try:  # the common case: octal digits, maybe space padded, ended by NUL
+        return int(field_bytes.partition(b"\0")[0] or b"0", 8)
+    except ValueError:
+        pass
     if field_bytes[0] & 0x80:
         value = int.from_bytes(field_bytes[1:], "big")
         return value if field_bytes[0] == 0x80 else value - (1 << (8 * len(field_bytes) - 1))
@@ -78,7 +82,7 @@ def _number(field_bytes: bytes, what: str, offset: int) -> int:
 
 def _check_checksum(header: bytes, offset: int) -> None:
     stored = _number(header[148:156], "checksum", offset)
-    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    unsigned = sum(header[:148]) + sum(header[156:]) + 8 * 32
     if stored != unsigned:
         signed = unsigned - 256 * sum(1 for b in header[:148] + header[156:] if b > 127)
         if stored != signed:
@@ -242,13 +246,18 @@ class TarStream:
             mtime=mtime,
             mtime_nsec=mtime_nsec,
             linkname=linkname,
-            devmajor=_number(header[329:337], "devmajor", offset),
-            devminor=_number(header[337:345], "devminor", offset),
-            sparse=kind == GNU_SPARSE or any(k.startswith(b"GNU.sparse.") for k in records),
+            devmajor=0,
+            devminor=0,
+            sparse=kind == GNU_SPARSE
+            or bool(records and any(k.startswith(b"GNU.sparse.") for k in records)),
         )
+        if kind in (CHARDEV, BLOCKDEV):
+            entry.devmajor = _number(header[329:337], "devmajor", offset)
+            entry.devminor = _number(header[337:345], "devminor", offset)
         if entry.size < 0:
             raise FormatError(f"tar header at {offset}: negative size")
-        for key, value in records.items():
-            if key.startswith(XATTR_PREFIX):
-                entry.xattrs[key[len(XATTR_PREFIX) :]] = value
+        if records:
+            for key, value in records.items():
+                if key.startswith(XATTR_PREFIX):
+                    entry.xattrs[key[len(XATTR_PREFIX) :]] = value
         return entry

@@ -10,11 +10,14 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One chunk stored in a data blob; files that hold the same data share it."""
+class Chunk(NamedTuple):
+    """One chunk stored in a data blob; files that hold the same data share it.
+
+    A named tuple rather than a dataclass: builds make one per chunk, and this is cheap.
+    """
 
     digest: bytes
     blob_index: int

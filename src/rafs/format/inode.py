@@ -196,3 +196,18 @@ class ChunkAddr(Record):
     def validate(self) -> None:
         if self.device_id == 0:
             raise FormatError("chunk index points at device 0 (the bootstrap itself)")
+
+
+def pack_chunk_addrs(addrs: list[tuple[int, int, int]]) -> bytes:
+    """Many `ChunkAddr`s, from (blob index, CI index, block address), packed at once.
+
+    The builder guarantees the ranges `ChunkAddr.make` checks (fewer than 255 blobs, CI
+    indexes below 2^24), so this is the fast path for writing whole chunk index arrays.
+    """
+    return struct.pack(
+        f"<{len(addrs)}Q",
+        *(
+            (ci & 0xFFFF) | (((ci >> 16) << 8 | (blob + 1)) << 16) | (blkaddr << 32)
+            for blob, ci, blkaddr in addrs
+        ),
+    )

@@ -7,7 +7,9 @@ onto the dataclass fields, in order. `unpack` refuses short buffers with a `Form
 
 from __future__ import annotations
 
+import operator
 import struct
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, ClassVar, Self
 
@@ -26,7 +28,6 @@ class Record:
 
     STRUCT: ClassVar[struct.Struct]
     SIZE: ClassVar[int]
-    _field_names: ClassVar[tuple[str, ...]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -44,14 +45,24 @@ class Record:
 
     def pack(self) -> bytes:
         """Encode the record; `unpack(pack())` gives back an equal record."""
-        names = type(self).__dict__.get("_field_names")
-        if names is None:
-            names = tuple(f.name for f in fields(self))  # type: ignore[arg-type]
-            type(self)._field_names = names
-        return self.STRUCT.pack(*(getattr(self, name) for name in names))
+        return self.STRUCT.pack(*_field_getter(type(self))(self))
 
     def validate(self) -> None:
         """Raise `FormatError` when a field breaks the format's rules. Default: no rules."""
+
+
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _field_getter(kind: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A function giving a record's field values in order (made once per class)."""
+    getter = _GETTERS.get(kind)
+    if getter is None:
+        names = [f.name for f in fields(kind)]
+        single = operator.attrgetter(names[0])
+        getter = operator.attrgetter(*names) if len(names) > 1 else lambda obj: (single(obj),)
+        _GETTERS[kind] = getter
+    return getter
 
 
 def fixed_str(raw: bytes) -> bytes:
