@@ -21,7 +21,7 @@ from tests.support.sources import debootstrap_rootfs, make_all_entry_types, tar_
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RafsRunner = Callable[..., subprocess.CompletedProcess[Any]]
-"""Type of the `rafs` fixture: rafs(*args, check=True, input=None) -> CompletedProcess."""
+"""Type of the `rafs` fixture: rafs(*args, check=True, input=None, timeout=None)."""
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +37,22 @@ def fixtures_dir() -> Path:
 def rafs() -> RafsRunner:
     """Run the command line as `python -m rafs ARGS`: stdout as bytes, stderr as text.
 
-    With check=True (the default) a non-zero exit fails the test and shows stderr.
+    With check=True (the default) a non-zero exit fails the test and shows stderr. With a
+    timeout (seconds), a run that takes longer is killed and fails the test.
     """
 
     def run(
-        *args: str | os.PathLike[str], check: bool = True, input: bytes | None = None
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        input: bytes | None = None,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[Any]:
         argv = [sys.executable, "-m", "rafs", *(os.fspath(arg) for arg in args)]
-        result = subprocess.run(argv, input=input, capture_output=True)
+        try:
+            result = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rafs {' '.join(argv[3:])} hung (killed after {timeout} s)",
+                        pytrace=False)  # fmt: skip
         stderr = result.stderr.decode(errors="replace")
         if check and result.returncode != 0:
             pytest.fail(

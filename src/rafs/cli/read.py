@@ -130,7 +130,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _long_line(image: RafsImage, st: Stat, name: str) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.mtime))
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.mtime))
+    except (OverflowError, OSError, ValueError):  # a corrupt or far-future mtime
+        when = f"{st.mtime:>16}"
     device = stat.S_ISCHR(st.mode) or stat.S_ISBLK(st.mode)
     size = f"{st.rdev[0]}, {st.rdev[1]}" if device else str(st.size)
     line = (f"{stat.filemode(st.mode)} {st.nlink:>3} {st.uid:>5} {st.gid:>5} {size:>10} "

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rafs.errors import FormatError, NotFound, Unsupported
+from rafs.errors import FormatError, InvalidArgument, NotFound, Unsupported
 from rafs.format.toc import SECTION_BOOTSTRAP
 from rafs.reader.blobs import BlobSet
 from rafs.reader.image import RafsImage, is_rafs_v6
-from rafs.reader.layer import read_section
+from rafs.reader.layer import ends_with_section, read_section
 
 RAFS_V5_MAGIC = b"SFAR"
 MAX_BOOTSTRAP = 1 << 30
@@ -35,6 +35,8 @@ class Artifact:
 
 def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
     """Open a bootstrap file or a Nydus layer file."""
+    if path.is_dir():
+        raise InvalidArgument(f"{path}: is a directory, not a bootstrap or Nydus layer file")
     if not path.is_file():
         raise NotFound(f"{path}: no such file")
     with path.open("rb") as f:
@@ -48,6 +50,9 @@ def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
             f.seek(0)
             image = RafsImage(f.read(), str(path))
             return Artifact(image, BlobSet(image, None, blob_dir or path.parent), None)
+        if not ends_with_section(f):
+            raise FormatError(f"{path}: neither a RAFS v6 bootstrap nor a Nydus layer "
+                              "(it does not end with a section header)")  # fmt: skip
         try:
             bootstrap = read_section(f, SECTION_BOOTSTRAP, str(path))
         except NotFound:

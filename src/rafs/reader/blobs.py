@@ -26,6 +26,7 @@ class BlobSet:
         self._layer = layer
         self._blob_dir = blob_dir
         self._files: dict[int, BinaryIO] = {}
+        self._sizes: dict[int, int] = {}
 
     def path(self, index: int) -> Path:
         blob = self.image.blobs[index]
@@ -54,6 +55,7 @@ class BlobSet:
                     "its table entry says"
                 )
             self._files[index] = f
+            self._sizes[index] = size
         return f
 
     def close(self) -> None:
@@ -67,9 +69,13 @@ class BlobSet:
             raise FormatError(f"{self.image.source}: chunk names missing blob {info.blob_index}")
         blob: BlobEntry = self.image.blobs[info.blob_index]
         f = self.open(info.blob_index)
+        where = f"{getattr(f, 'name', blob.id)}: chunk {info.block_id.hex()[:16]}"
+        # Checked before seeking: a corrupt offset can lie past what the OS lets us seek to.
+        if info.compressed_offset + info.compressed_size > self._sizes[info.blob_index]:
+            raise FormatError(f"{where}: [{info.compressed_offset}, +{info.compressed_size}) "
+                              "lies past the end of the blob")  # fmt: skip
         f.seek(info.compressed_offset)
         stored = f.read(info.compressed_size)
-        where = f"{getattr(f, 'name', blob.id)}: chunk {info.block_id.hex()[:16]}"
         if len(stored) != info.compressed_size:
             raise FormatError(f"{where}: blob ends inside the chunk")
         algo = blob.compression_algo if info.compressed else 0
@@ -90,10 +96,9 @@ def read_file(blobs: BlobSet, nid: int, offset: int = 0, size: int | None = None
     if offset >= end:
         return b""
     chunk_size = image.chunk_size
-    infos = image.file_chunks(nid)
+    first, stop = offset // chunk_size, (end - 1) // chunk_size + 1
     parts = []
-    for index in range(offset // chunk_size, (end - 1) // chunk_size + 1):
-        info = infos[index]
+    for index, info in enumerate(image.file_chunks(nid, first, stop), first):
         expected = min(chunk_size, st.size - index * chunk_size)
         if info.uncompressed_size != expected:
             raise FormatError(f"{image.source}: nid {nid} chunk {index} has "

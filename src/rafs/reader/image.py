@@ -275,8 +275,12 @@ class RafsImage:
                 raise NotFound(f"{self.source}: {raw.decode(errors='replace')}: no such file")
         return nid
 
-    def chunk_addrs(self, nid: int) -> list[ChunkAddr]:
-        """The chunk index array of a regular file, one entry per RAFS chunk."""
+    def chunk_addrs(self, nid: int, first: int = 0, stop: int | None = None) -> list[ChunkAddr]:
+        """The chunk index array of a regular file, one entry per RAFS chunk.
+
+        `first` and `stop` select entries [first, stop), so that reading part of a large
+        file does not decode the index of the whole file.
+        """
         st = self.stat(nid)
         if not st.is_reg:
             raise FormatError(f"{self.source}: nid {nid} is not a regular file")
@@ -288,13 +292,14 @@ class RafsImage:
         start = align_up(st.body_offset, 8)
         if start + 8 * count > len(self.data):
             raise FormatError(f"{self.source}: nid {nid}: chunk indexes run past the end")
-        return [ChunkAddr.unpack(self.data, start + 8 * i) for i in range(count)]
+        stop = count if stop is None else min(stop, count)
+        return [ChunkAddr.unpack(self.data, start + 8 * i) for i in range(first, stop)]
 
-    def file_chunks(self, nid: int) -> list[ChunkInfo]:
-        """The chunk infos of a regular file in file order."""
+    def file_chunks(self, nid: int, first: int = 0, stop: int | None = None) -> list[ChunkInfo]:
+        """The chunk infos of a regular file in file order (chunks [first, stop))."""
         chunk_map = self.chunk_map()
         infos = []
-        for index, addr in enumerate(self.chunk_addrs(nid)):
+        for index, addr in enumerate(self.chunk_addrs(nid, first, stop), first):
             info = chunk_map.get((addr.blob_index, addr.c_blk_addr))
             if info is None or addr.blob_index >= len(self.blobs):
                 raise FormatError(

@@ -41,6 +41,18 @@ def _file_size(f: BinaryIO) -> int:
     return f.seek(0, 2)
 
 
+def ends_with_section(f: BinaryIO) -> bool:
+    """Whether a file ends with a valid section tar header, as every Nydus layer does."""
+    size = _file_size(f)
+    if size < TAR_BLOCK:
+        return False
+    try:
+        parse_section_header(_read_at(f, size - TAR_BLOCK, TAR_BLOCK, ""), "")
+    except FormatError:
+        return False
+    return True
+
+
 def read_toc(f: BinaryIO, where: str) -> list[TocEntry] | None:
     """The ToC entries of a layer, or None when the layer ends with another section."""
     size = _file_size(f)
