@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from types import TracebackType
 
@@ -18,8 +18,11 @@ class AtomicHashingFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        self._temp = Path(name)
+        self._temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:  # mode 0666 less the umask, like any new file (mkstemp would force 0600)
+            fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._hash = hashlib.sha256()
         self._position = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -180,3 +181,28 @@ def test_names_leaving_the_layer_are_refused(tmp_path: Path, name: str) -> None:
 def test_bad_chunk_sizes_are_refused(size: int) -> None:
     with pytest.raises(InvalidArgument):
         BuildOptions(chunk_size=size)
+
+
+@pytest.mark.parametrize("damage", ["truncate-tar", "truncate-zstd", "flip-gzip"])
+def test_damaged_sources_are_refused(tmp_path: Path, damage: str) -> None:
+    tar = _tar([("a", _random(300_000, 1), {}), ("b", _random(200_000, 2), {})])
+    if damage == "truncate-tar":
+        source = tar[: len(tar) // 2 // 512 * 512]  # ends cleanly between blocks
+    elif damage == "truncate-zstd":
+        source = zstandard.ZstdCompressor().compress(tar)[:-100]
+    else:
+        packed = bytearray(gzip.compress(tar))
+        packed[len(packed) // 2] ^= 0x10
+        source = bytes(packed)
+    with pytest.raises(FormatError):
+        _build(tmp_path, source)
+    assert [p.name for p in tmp_path.iterdir()] == ["in.tar"]
+
+
+def test_output_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        layer = _build(tmp_path, _tar([("f", b"x", {})]))
+    finally:
+        os.umask(old)
+    assert layer.stat().st_mode & 0o777 == 0o644

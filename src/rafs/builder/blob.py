@@ -140,11 +140,11 @@ class BlobWriter:
         while remaining:
             data = reader.read(min(chunk_size, remaining))
             if not data:
-                raise FormatError(f"{name}: file data ends {remaining} bytes early")
+                raise FormatError(f"{name} ends {remaining} bytes early")
             while len(data) < min(chunk_size, remaining):
                 more = reader.read(min(chunk_size, remaining) - len(data))
                 if not more:
-                    raise FormatError(f"{name}: file data ends early")
+                    raise FormatError(f"{name} ends early")
                 data += more
             remaining -= len(data)
             self._batch.append((inode, data))

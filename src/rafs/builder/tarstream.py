@@ -8,8 +8,9 @@ bounded view of the underlying stream (large reads go straight through), and kee
 Understood: POSIX ustar (with `prefix`), GNU (`L`/`K` long names and links, base-256
 numbers), PAX local (`x`) and global (`g`) records: `path`, `linkpath`, `size`, `uid`, `gid`,
 `mtime` (exact decimal), `SCHILY.xattr.*` (raw bytes). Old-style names ending in "/" are
-directories. Checksums are verified. The archive ends at the first zero block or at the end
-of the stream.
+directories. Checksums are verified. The archive ends at the first zero block; a stream
+that ends before one is truncated. The rest of the stream is read, so that a compressed
+source verifies its own trailer.
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ class TarStream:
         self._offset += size
         return data
 
+    def _drain(self) -> None:
+        """Read to the end, so a compressed stream checks its trailer (gzip CRC, zstd frame)."""
+        while self._stream.read(1 << 20):
+            pass
+
     def _read_meta(self, size: int, offset: int) -> bytes:
         if size > MAX_META_SIZE:
             raise FormatError(f"tar header at {offset}: extended header of {size} bytes")
@@ -190,9 +196,13 @@ class TarStream:
                 if not more:
                     break
                 header += more
-            if not header or header == _ZERO_BLOCK:
+            if header == _ZERO_BLOCK:
+                self._drain()
                 return
             if len(header) < BLOCK:
+                if not header:
+                    raise FormatError(f"tar archive ends at offset {offset} without its "
+                                      "end-of-archive marker (truncated?)")  # fmt: skip
                 raise FormatError(f"tar archive truncated at offset {offset}")
             self._offset += BLOCK
             _check_checksum(header, offset)
