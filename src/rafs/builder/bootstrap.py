@@ -156,8 +156,9 @@ class _Allocator:
         return offset, DataLayout.FLAT_PLAIN, data_offset
 
 
-def _entry_names(directory: Inode) -> list[bytes]:
-    return sorted([b".", b"..", *directory.children])
+def _entry_names(names: list[bytes]) -> list[bytes]:
+    """Sorted child names plus "." and ".." in their sorted places."""
+    return sorted([b".", b"..", *names])
 
 
 class _Layout:
@@ -168,14 +169,18 @@ class _Layout:
         self.alloc = _Allocator()
         self.placed: dict[int, _Placed] = {}
         self.parent: dict[int, Inode] = {id(root): root}
+        self.names: dict[int, list[bytes]] = {}  # sorted child names of each directory
+        self.directories: list[Inode] = []  # in placement order
         self.node_count = 1
         self.root = self._place_dir(root, 1)
         self._visit(root)
-        self._count_links(root)
+        self._count_links()
 
     def _place_dir(self, directory: Inode, ino: int) -> _Placed:
+        names = self.names[id(directory)] = sorted(directory.children)
+        self.directories.append(directory)
         inode_size = InodeExtended.SIZE + xattr_body_size(directory.xattrs)
-        _, dir_size = dirent_blocks(_entry_names(directory), BLOCK)
+        _, dir_size = dirent_blocks(_entry_names(names), BLOCK)
         offset, layout, data_offset = self.alloc.place_with_tail(inode_size, dir_size)
         self.alloc.align(EROFS_INODE_SLOT_SIZE)
         placed = _Placed(directory, ino, offset, inode_size, layout, data_offset, dir_size)
@@ -204,7 +209,7 @@ class _Layout:
 
     def _visit(self, directory: Inode) -> None:
         subdirs = []
-        for name in sorted(directory.children):
+        for name in self.names[id(directory)]:
             child = directory.children[name]
             self.node_count += 1
             if id(child) in self.placed:  # a later name of a hard-linked file
@@ -218,10 +223,10 @@ class _Layout:
             self._place_dir(child, ino)
             self._visit(child)
 
-    def _count_links(self, root: Inode) -> None:
+    def _count_links(self) -> None:
         """Directories: 2 + subdirectories; regular files: the names they have."""
         names: dict[int, int] = {}
-        for directory in _directories(root):
+        for directory in self.directories:
             self.placed[id(directory)].nlink = 2 + sum(
                 1 for child in directory.children.values() if child.is_dir
             )
@@ -236,21 +241,13 @@ class _Layout:
         return self.alloc.offset
 
 
-def _directories(root: Inode) -> Iterator[Inode]:
-    yield root
-    for name in sorted(root.children):
-        child = root.children[name]
-        if child.is_dir:
-            yield from _directories(child)
-
-
-def _walk_bfs(root: Inode) -> Iterator[Inode]:
+def _walk_bfs(root: Inode, layout: _Layout) -> Iterator[Inode]:
     """nydus `walk_bfs` order: the root, a directory's children, then each child directory."""
     yield root
-    pending = [root]
+    pending = deque([root])
     while pending:
-        directory = pending.pop(0)
-        for name in sorted(directory.children):
+        directory = pending.popleft()
+        for name in layout.names[id(directory)]:
             child = directory.children[name]
             yield child
             if child.is_dir:
@@ -297,7 +294,7 @@ def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapO
     prefetch = _prefetch_nids(root, layout, options.prefetch_patterns) if blobs else []
     prefetch_offset = blob_table_offset + 256 * len(blobs)
     meta_addr = align_up(prefetch_offset + 4 * len(prefetch), BLOCK) if blobs else 0
-    chunk_table = _chunk_table(root, options.chunk_size)
+    chunk_table = _chunk_table(root, layout)
     chunk_table_offset = align_up(meta_addr + layout.end, BLOCK)
     size = align_up(chunk_table_offset + ChunkInfo.SIZE * len(chunk_table), BLOCK)
     image = bytearray(size)
@@ -352,10 +349,11 @@ def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapO
     return bytes(image)
 
 
-def _chunk_table(root: Inode, chunk_size: int) -> list[bytes]:
+def _chunk_table(root: Inode, layout: _Layout) -> list[bytes]:
     """Chunk table entries sorted by (digest, blob index); the last user sets file_offset."""
+    chunk_size = layout.chunk_size
     users: dict[tuple[bytes, int], tuple[Chunk, int]] = {}
-    for inode in _walk_bfs(root):
+    for inode in _walk_bfs(root, layout):
         for position, chunk in enumerate(inode.chunks):
             users[(chunk.digest, chunk.blob_index)] = (chunk, position * chunk_size)
     pack = ChunkInfo.STRUCT.pack
@@ -414,7 +412,7 @@ def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: i
 
 def _dir_blocks(directory: Inode, placed: _Placed, layout: _Layout) -> list[bytes]:
     """The directory's data blocks; the last one unpadded (it may be an inline tail)."""
-    names = _entry_names(directory)
+    names = _entry_names(layout.names[id(directory)])
     counts, _ = dirent_blocks(names, BLOCK)
     parent_nid = layout.placed[id(layout.parent[id(directory)])].nid
     blocks = []

@@ -15,7 +15,10 @@ layer digest instead, as a merged image does, so it resolves in a folder of blob
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +73,34 @@ def bootstrap_options(options: BuildOptions) -> BootstrapOptions:
     )
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the duration of a build.
+
+    A build allocates a few container objects per file and chunk and frees them by
+    reference counting (the tree is acyclic); the collector's repeated full scans of that
+    growing heap cost over 10% of a build of the kernel tree and find nothing.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build_layer(source: Path, output: Path, options: BuildOptions,
                 bootstrap_path: Path | None = None) -> LayerResult:  # fmt: skip
     """Build the Nydus layer of a tar file (plain, gzip, zstd) or a directory."""
     if not source.exists():
         raise NotFound(f"{source}: no such file or directory")
+    with _cyclic_gc_paused():
+        return _build_layer(source, output, options, bootstrap_path)
+
+
+def _build_layer(source: Path, output: Path, options: BuildOptions,
+                 bootstrap_path: Path | None) -> LayerResult:  # fmt: skip
     with AtomicHashingFile(output) as out:
         blob = BlobWriter(out, options)
         try:
