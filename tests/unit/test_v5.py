@@ -7,6 +7,7 @@ The bootstraps come from `tests.support.v5_writer`, written from the nydus build
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import struct
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from rafs.codecs import digest_function
-from rafs.errors import FormatError, IntegrityError, InvalidArgument, NotFound, RafsError
+from rafs.errors import (
+    FormatError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    RafsError,
+    Unsupported,
+)
 from rafs.format.blobtable import Compressor, Digester
 from rafs.format.chunktable import ChunkFlags, ChunkInfo
 from rafs.format.inode import encode_rdev
@@ -41,6 +49,7 @@ from rafs.format.v5 import (
     unpack_xattrs,
 )
 from rafs.reader.v5 import RafsV5Image, V5Stat
+from tests.conftest import RafsRunner
 from tests.support.v5_writer import (
     Description,
     Dir,
@@ -650,3 +659,23 @@ def test_superblock_validation() -> None:
             replace(good, **bad).validate()  # type: ignore[arg-type]
     with pytest.raises(FormatError):
         good.validate_layout(8192)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_cli_lists_stats_and_reads_v5(rafs: RafsRunner, tmp_path: Path) -> None:
+    built = write_v5(TREE, chunk_size=CHUNK, compressor=Compressor.ZSTD)
+    boot = str(built.save(tmp_path))
+    listing = rafs("ls", boot, "-R").stdout.decode().splitlines()
+    assert set(listing) == {p.rstrip("/") or "/" for p in TREE} | {"/etc", "/data", "/dev",
+                                                                    "/names"}  # fmt: skip
+    long = rafs("ls", boot, "/bin", "-l").stdout.decode()
+    assert "-rwsr-xr-x   3" in long  # setuid, three names
+    for path, data in _expected_files().items():
+        assert rafs("cat", boot, path).stdout == data, path
+    info = json.loads(rafs("inspect", boot, "--json").stdout)
+    assert info["version"] == 5
+    assert info["blobs"][0]["id"] == built.blob_id
+    unsupported = rafs("check", boot, check=False)
+    assert unsupported.returncode == Unsupported.exit_code

@@ -7,16 +7,19 @@ import json
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rafs.errors import InvalidArgument
 from rafs.format.blobtable import BlobFeatures, Compressor, Digester
-from rafs.reader.artifact import Artifact, open_artifact
+from rafs.format.v5 import compressor_of_flags, digester_of_flags
+from rafs.reader.artifact import Artifact, open_artifact, open_v5
 from rafs.reader.blobs import read_file
 from rafs.reader.check import check_image
 from rafs.reader.export import export_blob_data, export_block
-from rafs.reader.image import RafsImage, Stat
+from rafs.reader.image import DirEntry, RafsImage, Stat
+from rafs.reader.v5 import RafsV5Image, V5DirEntry, V5Stat
 
 READ_BLOCK = 1 << 20
 
@@ -67,16 +70,7 @@ def _flag_names(flags: int, kind: type[Any]) -> list[str]:
 def _summary(artifact: Artifact) -> dict[str, Any]:
     image = artifact.image
     sb, ext = image.superblock, image.ext
-    counts = {"inodes": 0, "directories": 0, "regular": 0, "symlinks": 0, "other": 0}
-    seen = set()
-    for _, st in image.walk():
-        if st.nid in seen:
-            continue
-        seen.add(st.nid)
-        counts["inodes"] += 1
-        kind = ("directories" if st.is_dir else "regular" if st.is_reg
-                else "symlinks" if st.is_symlink else "other")  # fmt: skip
-        counts[kind] += 1
+    counts = _count(image)
     return {
         "source": image.source,
         "version": 6,
@@ -107,18 +101,67 @@ def _summary(artifact: Artifact) -> dict[str, Any]:
     }
 
 
+def _count(image: RafsImage | RafsV5Image) -> dict[str, int]:
+    counts = {"inodes": 0, "directories": 0, "regular": 0, "symlinks": 0, "other": 0}
+    seen = set()
+    for _, st in image.walk():
+        if st.nid in seen:
+            continue
+        seen.add(st.nid)
+        counts["inodes"] += 1
+        kind = ("directories" if st.is_dir else "regular" if st.is_reg
+                else "symlinks" if st.is_symlink else "other")  # fmt: skip
+        counts[kind] += 1
+    return counts
+
+
+def _summary_v5(image: RafsV5Image) -> dict[str, Any]:
+    sb = image.superblock
+    return {
+        "source": image.source,
+        "version": 5,
+        "fs_version": sb.s_fs_version,
+        "inos": sb.s_inode_table_entries,
+        "flags": _flag_names(sb.s_flags, type(image.flags)),
+        "chunk_size": image.chunk_size,
+        "prefetch": image.prefetch_inos(),
+        "counts": _count(image),
+        "blobs": [
+            {
+                "index": blob.index,
+                "id": blob.id,
+                "chunk_count": blob.chunk_count,
+                "compressor": compressor_of_flags(sb.s_flags).name.lower(),
+                "digester": digester_of_flags(sb.s_flags).name.lower(),
+                "features": _flag_names(blob.features, BlobFeatures),
+                "compressed_size": blob.compressed_size,
+                "uncompressed_size": blob.uncompressed_size,
+            }
+            for blob in image.blobs
+        ],
+    }
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    with open_artifact(args.image, args.blob_dir) as artifact:
-        info = _summary(artifact)
+    v5 = open_v5(args.image)
+    if v5 is not None:
+        info = _summary_v5(v5)
+    else:
+        with open_artifact(args.image, args.blob_dir) as artifact:
+            info = _summary(artifact)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"image:       {info['source']} (RAFS v6, {info['block_size']}-byte blocks)")
+    if info["version"] == 5:
+        print(f"image:       {info['source']} (RAFS v5, version {info['fs_version']:#x})")
+    else:
+        print(f"image:       {info['source']} (RAFS v6, {info['block_size']}-byte blocks)")
     print(f"flags:       {' '.join(info['flags'])}")
     print(f"chunk size:  {info['chunk_size']:#x}")
     print(f"inodes:      {info['inos']} names, " + ", ".join(
         f"{count} {kind}" for kind, count in info["counts"].items()))  # fmt: skip
-    print(f"chunks:      {info['chunk_table_entries']} in the chunk table")
+    if "chunk_table_entries" in info:
+        print(f"chunks:      {info['chunk_table_entries']} in the chunk table")
     print(f"prefetch:    {info['prefetch'] or 'none'}")
     for blob in info["blobs"]:
         print(f"blob {blob['index']}:      {blob['id']}")
@@ -129,7 +172,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _long_line(image: RafsImage, st: Stat, name: str) -> str:
+def _long_line(image: RafsImage | RafsV5Image, st: Stat | V5Stat, name: str) -> str:
     try:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.mtime))
     except (OverflowError, OSError, ValueError):  # a corrupt or far-future mtime
@@ -143,28 +186,47 @@ def _long_line(image: RafsImage, st: Stat, name: str) -> str:
     return line
 
 
+def _ls(image: RafsImage | RafsV5Image, args: argparse.Namespace) -> None:
+    nid = image.lookup(args.path)
+    base = "/" + args.path.strip("/")
+    rows: list[tuple[str, Stat | V5Stat]] = []
+    if args.recursive:
+        for path, st in image.walk():
+            text = path.decode(errors="replace")
+            if text == base or text.startswith(base.rstrip("/") + "/"):
+                rows.append((text, st))
+    elif image.stat(nid).is_dir:
+        children: Sequence[DirEntry | V5DirEntry] = image.children(nid)
+        rows = [(e.name.decode(errors="replace"), image.stat(e.nid))
+                for e in sorted(children, key=lambda e: e.name)]  # fmt: skip
+    else:
+        rows = [(base, image.stat(nid))]
+    for name, st in rows:
+        print(_long_line(image, st, name) if args.long else name)
+
+
 def run_ls(args: argparse.Namespace) -> int:
+    v5 = open_v5(args.image)
+    if v5 is not None:
+        _ls(v5, args)
+        return 0
     with open_artifact(args.image, args.blob_dir) as artifact:
-        image = artifact.image
-        nid = image.lookup(args.path)
-        base = "/" + args.path.strip("/")
-        rows: list[tuple[str, Stat]] = []
-        if args.recursive:
-            for path, st in image.walk():
-                text = path.decode(errors="replace")
-                if text == base or text.startswith(base.rstrip("/") + "/"):
-                    rows.append((text, st))
-        elif image.stat(nid).is_dir:
-            rows = [(e.name.decode(errors="replace"), image.stat(e.nid))
-                    for e in sorted(image.children(nid), key=lambda e: e.name)]  # fmt: skip
-        else:
-            rows = [(base, image.stat(nid))]
-        for name, st in rows:
-            print(_long_line(image, st, name) if args.long else name)
+        _ls(artifact.image, args)
     return 0
 
 
 def run_cat(args: argparse.Namespace) -> int:
+    v5 = open_v5(args.image)
+    if v5 is not None:
+        ino = v5.lookup(args.path)
+        size = v5.stat(ino).size
+        if not v5.stat(ino).is_reg:
+            raise InvalidArgument(f"{args.image}: {args.path} is not a regular file")
+        blob_dir = args.blob_dir or args.image.parent
+        for offset in range(0, size, READ_BLOCK):
+            sys.stdout.buffer.write(v5.read_file(ino, blob_dir, offset, READ_BLOCK))
+        sys.stdout.buffer.flush()
+        return 0
     with open_artifact(args.image, args.blob_dir) as artifact:
         nid = artifact.image.lookup(args.path)
         st = artifact.image.stat(nid)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from rafs.errors import FormatError, InvalidArgument, NotFound, Unsupported
 from rafs.format.toc import SECTION_BOOTSTRAP
+from rafs.format.v5 import is_rafs_v5
 from rafs.reader.blobs import BlobSet
 from rafs.reader.image import RafsImage, is_rafs_v6
 from rafs.reader.layer import ends_with_section, read_section
+from rafs.reader.v5 import RafsV5Image
 
 RAFS_V5_MAGIC = b"SFAR"
 MAX_BOOTSTRAP = 1 << 30
@@ -33,6 +35,22 @@ class Artifact:
         self.close()
 
 
+def open_v5(path: Path) -> RafsV5Image | None:
+    """The RAFS v5 bootstrap at `path`, or None when the file is anything else."""
+    if path.is_dir():
+        raise InvalidArgument(f"{path}: is a directory, not a bootstrap or Nydus layer file")
+    if not path.is_file():
+        raise NotFound(f"{path}: no such file")
+    with path.open("rb") as f:
+        if not is_rafs_v5(f.read(8)):
+            return None
+        size = f.seek(0, 2)
+        if size > MAX_BOOTSTRAP:
+            raise FormatError(f"{path}: bootstrap of {size} bytes is too large")
+        f.seek(0)
+        return RafsV5Image(f.read(), str(path))
+
+
 def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
     """Open a bootstrap file or a Nydus layer file."""
     if path.is_dir():
@@ -42,7 +60,7 @@ def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
     with path.open("rb") as f:
         head = f.read(4096)
         if head[:4] == RAFS_V5_MAGIC:
-            raise Unsupported(f"{path}: RAFS v5 bootstraps are not supported yet")
+            raise Unsupported(f"{path}: RAFS v5 bootstraps support only inspect, ls and cat")
         if is_rafs_v6(head):
             size = f.seek(0, 2)
             if size > MAX_BOOTSTRAP:

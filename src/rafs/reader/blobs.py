@@ -69,24 +69,29 @@ class BlobSet:
             raise FormatError(f"{self.image.source}: chunk names missing blob {info.blob_index}")
         blob: BlobEntry = self.image.blobs[info.blob_index]
         f = self.open(info.blob_index)
-        where = f"{getattr(f, 'name', blob.id)}: chunk {info.block_id.hex()[:16]}"
-        # Checked before seeking: a corrupt offset can lie past what the OS lets us seek to.
-        if info.compressed_offset + info.compressed_size > self._sizes[info.blob_index]:
-            raise FormatError(f"{where}: [{info.compressed_offset}, +{info.compressed_size}) "
-                              "lies past the end of the blob")  # fmt: skip
-        f.seek(info.compressed_offset)
-        stored = f.read(info.compressed_size)
-        if len(stored) != info.compressed_size:
-            raise FormatError(f"{where}: blob ends inside the chunk")
-        algo = blob.compression_algo if info.compressed else 0
-        try:
-            data = decompress(stored, algo, info.uncompressed_size)
-        except FormatError as exc:
-            raise IntegrityError(f"{where}: {exc}") from None
-        if verify and digest_function(blob.digest_algo)(data) != info.block_id:
-            raise IntegrityError(f"{where}: data does not match the chunk digest")
-        return data
+        return read_stored_chunk(f, self._sizes[info.blob_index], info, blob.compression_algo,
+                                 blob.digest_algo, verify)  # fmt: skip
 
+
+def read_stored_chunk(f: BinaryIO, blob_size: int, info: ChunkInfo, compressor: int,
+                      digester: int, verify: bool = True) -> bytes:  # fmt: skip
+    """Read, decompress and (when `verify`) check one chunk of an open blob file."""
+    where = f"{getattr(f, 'name', 'blob')}: chunk {info.block_id.hex()[:16]}"
+    # Checked before seeking: a corrupt offset can lie past what the OS lets us seek to.
+    if info.compressed_offset + info.compressed_size > blob_size:
+        raise FormatError(f"{where}: [{info.compressed_offset}, +{info.compressed_size}) "
+                          "lies past the end of the blob")  # fmt: skip
+    f.seek(info.compressed_offset)
+    stored = f.read(info.compressed_size)
+    if len(stored) != info.compressed_size:
+        raise FormatError(f"{where}: blob ends inside the chunk")
+    try:
+        data = decompress(stored, compressor if info.compressed else 0, info.uncompressed_size)
+    except FormatError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    if verify and digest_function(digester)(data) != info.block_id:
+        raise IntegrityError(f"{where}: data does not match the chunk digest")
+    return data
 
 def read_file(blobs: BlobSet, nid: int, offset: int = 0, size: int | None = None) -> bytes:
     """Bytes [offset, offset+size) of a regular file (to its end when size is None)."""

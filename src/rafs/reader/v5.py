@@ -20,10 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from rafs.codecs import decompress, digest_function
+from rafs.codecs import digest_function
 from rafs.errors import (
     FormatError,
-    IntegrityError,
     InvalidArgument,
     NotFound,
     RafsError,
@@ -49,6 +48,7 @@ from rafs.format.v5 import (
     unpack_prefetch_table,
     unpack_xattrs,
 )
+from rafs.reader.blobs import read_stored_chunk
 
 MAX_HOLE_READ = 64 << 20  # zero bytes of holes one read_file call may return
 
@@ -407,25 +407,10 @@ class RafsV5Image:
         self, info: ChunkInfo, f: BinaryIO, blob_size: int, verify: bool = True
     ) -> bytes:
         """The uncompressed bytes of one chunk from its open blob file."""
-        name = getattr(f, "name", self.blob_ids[info.blob_index])
-        where = f"{name}: chunk {info.block_id.hex()[:16]}"
-        if info.compressed_offset + info.compressed_size > blob_size:
-            raise FormatError(f"{where}: [{info.compressed_offset}, +{info.compressed_size}) "
-                              f"is past the blob's {blob_size} bytes")  # fmt: skip
-        f.seek(info.compressed_offset)
-        stored = f.read(info.compressed_size)
-        if len(stored) != info.compressed_size:
-            raise FormatError(f"{where}: blob ends inside the chunk")
-        algo = self.blob_compressor if info.compressed else Compressor.NONE
-        if algo == Compressor.GZIP:
-            raise Unsupported(f"{where}: gzip-compressed chunks are not supported")
-        try:
-            data = decompress(stored, algo, info.uncompressed_size)
-        except FormatError as exc:
-            raise IntegrityError(f"{where}: {exc}") from None
-        if verify and digest_function(self.blob_digester)(data) != info.block_id:
-            raise IntegrityError(f"{where}: data does not match the chunk digest")
-        return data
+        if info.compressed and self.blob_compressor == Compressor.GZIP:
+            raise Unsupported(f"{self.source}: gzip-compressed chunks are not supported")
+        return read_stored_chunk(f, blob_size, info, self.blob_compressor, self.blob_digester,
+                                 verify)  # fmt: skip
 
     def read_file(
         self, ino: int, blob_dir: Path, offset: int = 0, size: int | None = None
