@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from rafs.format.inode import ModeKind
+
 
 class Chunk(NamedTuple):
     """One chunk stored in a data blob; files that hold the same data share it.
@@ -31,7 +33,7 @@ class Chunk(NamedTuple):
 
 
 @dataclass(eq=False, slots=True)
-class Inode:
+class Inode(ModeKind):
     """A file's attributes; directories also hold their children by name."""
 
     mode: int
@@ -45,18 +47,6 @@ class Inode:
     target: bytes = b""  # symlink target
     chunks: list[Chunk] = field(default_factory=list)
     children: dict[bytes, Inode] = field(default_factory=dict)
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
 
 def new_directory(mode: int = 0o755) -> Inode:

@@ -72,6 +72,25 @@ _FILE_TYPES = {
 }
 
 
+class ModeKind:
+    """Mixin for anything with an `st_mode`-style `mode`: which kind of file it is."""
+
+    __slots__ = ()
+    mode: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
 def file_type_of_mode(mode: int) -> int:
     """The dirent file type for a `st_mode`."""
     return _FILE_TYPES.get(stat.S_IFMT(mode), EROFS_FT_UNKNOWN)

@@ -9,10 +9,10 @@ inside, and never a loop.
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from rafs.errors import FormatError, NotFound
 from rafs.format.blobtable import BlobEntry, DeviceSlot
@@ -23,6 +23,7 @@ from rafs.format.inode import (
     ChunkAddr,
     DataLayout,
     InodeExtended,
+    ModeKind,
     decode_rdev,
     i_format_layout,
     unpack_inode,
@@ -42,6 +43,42 @@ MAX_SYMLINK = 4096
 _R = TypeVar("_R", SuperBlock, SuperBlockExt, DeviceSlot, BlobEntry)
 
 
+class _Directory(Protocol):
+    """What `lookup_path` needs of an image (v5 or v6)."""
+
+    source: str
+
+    def stat(self, number: int, /) -> ModeKind: ...
+
+    def children(self, number: int, /) -> Sequence[_Named]: ...
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> bytes: ...
+
+    @property
+    def nid(self) -> int: ...
+
+
+def lookup_path(image: _Directory, root: int, path: str | bytes) -> int:
+    """The inode number at an absolute path from `root` (symlinks are not followed)."""
+    raw = path.encode() if isinstance(path, str) else path
+    number = root
+    for part in raw.split(b"/"):
+        if not part or part == b".":
+            continue
+        if not image.stat(number).is_dir:
+            raise NotFound(f"{image.source}: {raw.decode(errors='replace')}: not a directory")
+        for entry in image.children(number):
+            if entry.name == part:
+                number = entry.nid
+                break
+        else:
+            raise NotFound(f"{image.source}: {raw.decode(errors='replace')}: no such file")
+    return number
+
+
 def is_rafs_v6(head: bytes) -> bool:
     """Whether the first bytes of a file are those of a RAFS v6 bootstrap."""
     magic = head[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + 4]
@@ -49,7 +86,7 @@ def is_rafs_v6(head: bytes) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Stat:
+class Stat(ModeKind):
     """What `stat` shows of an inode."""
 
     nid: int
@@ -66,18 +103,6 @@ class Stat:
     offset: int  # byte offset of the inode in the bootstrap
     body_offset: int  # first byte after the fixed inode and its xattrs
     xattr_size: int
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,20 +285,7 @@ class RafsImage:
 
     def lookup(self, path: str | bytes) -> int:
         """The nid at an absolute path (symlinks are not followed)."""
-        raw = path.encode() if isinstance(path, str) else path
-        nid = self.root_nid
-        for part in raw.split(b"/"):
-            if not part or part == b".":
-                continue
-            if not self.stat(nid).is_dir:
-                raise NotFound(f"{self.source}: {raw.decode(errors='replace')}: not a directory")
-            for entry in self.children(nid):
-                if entry.name == part:
-                    nid = entry.nid
-                    break
-            else:
-                raise NotFound(f"{self.source}: {raw.decode(errors='replace')}: no such file")
-        return nid
+        return lookup_path(self, self.root_nid, path)
 
     def chunk_addrs(self, nid: int, first: int = 0, stop: int | None = None) -> list[ChunkAddr]:
         """The chunk index array of a regular file, one entry per RAFS chunk.

@@ -30,7 +30,7 @@ from rafs.errors import (
 )
 from rafs.format.blobtable import Compressor, Digester
 from rafs.format.chunktable import ChunkInfo
-from rafs.format.inode import decode_rdev
+from rafs.format.inode import ModeKind, decode_rdev
 from rafs.format.superblock import RafsSuperFlags
 from rafs.format.v5 import (
     RAFS_MAX_METADATA_SIZE,
@@ -49,6 +49,7 @@ from rafs.format.v5 import (
     unpack_xattrs,
 )
 from rafs.reader.blobs import read_stored_chunk
+from rafs.reader.image import lookup_path
 
 MAX_HOLE_READ = 64 << 20  # zero bytes of holes one read_file call may return
 
@@ -56,7 +57,7 @@ __all__ = ["RafsV5Image", "V5Blob", "V5DirEntry", "V5Stat", "is_rafs_v5"]
 
 
 @dataclass(frozen=True, slots=True)
-class V5Stat:
+class V5Stat(ModeKind):
     """What `stat` shows of a v5 inode."""
 
     ino: int
@@ -76,18 +77,6 @@ class V5Stat:
     def nid(self) -> int:
         """The inode number under the name the v6 reader uses."""
         return self.ino
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
 
 class V5DirEntry(NamedTuple):
@@ -333,20 +322,7 @@ class RafsV5Image:
 
     def lookup(self, path: str | bytes) -> int:
         """The inode number at an absolute path (symlinks are not followed)."""
-        raw = path.encode() if isinstance(path, str) else path
-        ino = self.root_ino
-        for part in raw.split(b"/"):
-            if not part or part == b".":
-                continue
-            if not self.stat(ino).is_dir:
-                raise NotFound(f"{self.source}: {raw.decode(errors='replace')}: not a directory")
-            for entry in self.children(ino):
-                if entry.name == part:
-                    ino = entry.ino
-                    break
-            else:
-                raise NotFound(f"{self.source}: {raw.decode(errors='replace')}: no such file")
-        return ino
+        return lookup_path(self, self.root_ino, path)
 
     def walk(self) -> Iterator[tuple[bytes, V5Stat]]:
         """Every (path, stat) depth first in name order; a directory reached twice is an error."""
