@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rafs.errors import FormatError, InvalidArgument, NotFound, Unsupported
 from rafs.format.toc import SECTION_BOOTSTRAP
@@ -13,7 +14,6 @@ from rafs.reader.image import RafsImage, is_rafs_v6
 from rafs.reader.layer import ends_with_section, read_section
 from rafs.reader.v5 import RafsV5Image
 
-RAFS_V5_MAGIC = b"SFAR"
 MAX_BOOTSTRAP = 1 << 30
 
 
@@ -35,38 +35,40 @@ class Artifact:
         self.close()
 
 
-def open_v5(path: Path) -> RafsV5Image | None:
-    """The RAFS v5 bootstrap at `path`, or None when the file is anything else."""
+def _require_file(path: Path) -> None:
     if path.is_dir():
         raise InvalidArgument(f"{path}: is a directory, not a bootstrap or Nydus layer file")
     if not path.is_file():
         raise NotFound(f"{path}: no such file")
+
+
+def _read_bootstrap(f: BinaryIO, path: Path) -> bytes:
+    """The whole of a bootstrap file, refusing absurd sizes."""
+    size = f.seek(0, 2)
+    if size > MAX_BOOTSTRAP:
+        raise FormatError(f"{path}: bootstrap of {size} bytes is too large")
+    f.seek(0)
+    return f.read()
+
+
+def open_v5(path: Path) -> RafsV5Image | None:
+    """The RAFS v5 bootstrap at `path`, or None when the file is anything else."""
+    _require_file(path)
     with path.open("rb") as f:
         if not is_rafs_v5(f.read(8)):
             return None
-        size = f.seek(0, 2)
-        if size > MAX_BOOTSTRAP:
-            raise FormatError(f"{path}: bootstrap of {size} bytes is too large")
-        f.seek(0)
-        return RafsV5Image(f.read(), str(path))
+        return RafsV5Image(_read_bootstrap(f, path), str(path))
 
 
 def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
     """Open a bootstrap file or a Nydus layer file."""
-    if path.is_dir():
-        raise InvalidArgument(f"{path}: is a directory, not a bootstrap or Nydus layer file")
-    if not path.is_file():
-        raise NotFound(f"{path}: no such file")
+    _require_file(path)
     with path.open("rb") as f:
         head = f.read(4096)
-        if head[:4] == RAFS_V5_MAGIC:
+        if is_rafs_v5(head[:8]):
             raise Unsupported(f"{path}: RAFS v5 bootstraps support only inspect, ls and cat")
         if is_rafs_v6(head):
-            size = f.seek(0, 2)
-            if size > MAX_BOOTSTRAP:
-                raise FormatError(f"{path}: bootstrap of {size} bytes is too large")
-            f.seek(0)
-            image = RafsImage(f.read(), str(path))
+            image = RafsImage(_read_bootstrap(f, path), str(path))
             return Artifact(image, BlobSet(image, None, blob_dir or path.parent), None)
         if not ends_with_section(f):
             raise FormatError(f"{path}: neither a RAFS v6 bootstrap nor a Nydus layer "
