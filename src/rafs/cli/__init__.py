@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rafs import __version__
-from rafs.cli import build, read
+from rafs.cli import build, merge, read
 from rafs.errors import RafsError
 
 EXIT_OS_ERROR = 11
@@ -27,6 +27,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rafs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build.register(commands)
+    merge.register(commands)
     read.register(commands)
     return parser
 
