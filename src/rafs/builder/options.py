@@ -22,7 +22,9 @@ class BuildOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     whiteout_spec: str = "oci"
     fs_version: int = 6
-    prefetch_patterns: tuple[str, ...] = ("/",)
+    # The Go converter feeds `create` no patterns (its "/" default lands on a copy), so a
+    # layer has no prefetch table unless asked; `merge` does get "/".
+    prefetch_patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         size = self.chunk_size

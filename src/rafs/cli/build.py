@@ -34,6 +34,8 @@ def register(commands: Any) -> None:
     create.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE,
                         help="power of two, 0x1000..0x1000000 (default 0x100000)")  # fmt: skip
     create.add_argument("--whiteout-spec", choices=WHITEOUT_SPECS, default="oci")
+    create.add_argument("--prefetch", nargs="+", default=[], metavar="PATH",
+                        help="absolute paths whose nids go in the prefetch table")  # fmt: skip
     create.set_defaults(run=run_create)
 
 
@@ -44,6 +46,7 @@ def run_create(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         whiteout_spec=args.whiteout_spec,
         fs_version=args.fs_version,
+        prefetch_patterns=tuple(args.prefetch),
     )
     result = build_layer(args.source, args.output, options, args.bootstrap)
     print(result.digest)
