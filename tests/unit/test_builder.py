@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -22,26 +21,9 @@ from rafs.format.toc import parse_section_header
 from rafs.reader.artifact import open_artifact
 from rafs.reader.blobs import read_file
 from rafs.reader.layer import read_toc
+from tests.support.tarballs import make_tar as _tar
 
 MiB = 1 << 20
-
-
-def _tar(entries: list[tuple[str, bytes | None, dict[str, object]]]) -> bytes:
-    """A PAX tar of (name, data or None for a directory, TarInfo attributes)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data, attrs in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if data is None and "type" not in attrs:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-            for key, value in attrs.items():
-                setattr(info, key, value)
-            if data is not None:
-                info.size = len(data)
-            archive.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
 
 
 def _build(tmp: Path, tar: bytes, **options: object) -> Path:

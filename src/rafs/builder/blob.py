@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from rafs.builder.chunkdict import ChunkDict
 from rafs.builder.options import BuildOptions
 from rafs.builder.tree import Chunk, Inode
 from rafs.codecs import compress, crc32c_of, digest_function
@@ -114,9 +115,16 @@ def _process_batch(
 class BlobWriter:
     """Writes the chunk data of one blob and, on `finish`, its blob.meta and digests."""
 
-    def __init__(self, out: Sink, options: BuildOptions, blob_index: int = 0,
-                 threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: Sink,
+        options: BuildOptions,
+        blob_index: int = 0,
+        threads: int | None = None,
+        chunk_dict: ChunkDict | None = None,
+    ) -> None:
         self._out = out
+        self._chunk_dict = chunk_dict
         self._options = options
         self._blob_index = blob_index
         self._digest = digest_function(options.digester)
@@ -172,6 +180,10 @@ class BlobWriter:
         for (inode, data), (digest, crc, packed) in zip(batch, future.result(), strict=True):
             key = (digest, len(data))
             chunk = known.get(key)
+            if chunk is None and self._chunk_dict is not None:
+                chunk = self._chunk_dict.lookup(digest, len(data))
+                if chunk is not None:
+                    known[key] = chunk
             if chunk is None:
                 if len(chunks) >= MAX_CHUNKS_PER_BLOB:
                     raise FormatError(f"more than {MAX_CHUNKS_PER_BLOB} chunks in one blob")

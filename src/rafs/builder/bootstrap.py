@@ -433,11 +433,11 @@ def _dir_blocks(directory: Inode, placed: _Placed, layout: _Layout) -> list[byte
     return blocks
 
 
-def rename_blobs(bootstrap: bytes, blob_ids: Sequence[str]) -> bytes:
-    """The bootstrap with its blobs renamed (in table order) and no longer marked inlined."""
+def rename_blobs(bootstrap: bytes, blob_ids: dict[int, str]) -> bytes:
+    """The bootstrap with blobs renamed (by table index) and no longer marked inlined."""
     image = bytearray(bootstrap)
     ext = SuperBlockExt.unpack(image, RAFS_EXT_SUPER_OFFSET)
-    for index, blob_id in enumerate(blob_ids):
+    for index, blob_id in blob_ids.items():
         name = blob_id.encode().ljust(64, b"\0")
         slot_at = DEVICE_TABLE_OFFSET + 128 * index
         image[slot_at : slot_at + 64] = name

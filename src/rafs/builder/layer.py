@@ -24,10 +24,12 @@ from pathlib import Path
 
 from rafs.builder.blob import TOC_FLAGS, BlobSummary, BlobWriter, store_compressed, toc_entry
 from rafs.builder.bootstrap import BootstrapOptions, rename_blobs, write_bootstrap
+from rafs.builder.chunkdict import ChunkDict
 from rafs.builder.from_dir import tree_from_dir
 from rafs.builder.from_tar import tree_from_tar
 from rafs.builder.options import BuildOptions
 from rafs.builder.source import open_tar_stream
+from rafs.builder.tree import relabel_blobs
 from rafs.errors import NotFound
 from rafs.fileio import AtomicHashingFile, write_atomic
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, Compressor, Digester
@@ -101,8 +103,11 @@ def build_layer(source: Path, output: Path, options: BuildOptions,
 
 def _build_layer(source: Path, output: Path, options: BuildOptions,
                  bootstrap_path: Path | None) -> LayerResult:  # fmt: skip
+    chunk_dict = None
+    if options.chunk_dict_path is not None:
+        chunk_dict = ChunkDict.load(options.chunk_dict_path, options.digester, options.chunk_size)
     with AtomicHashingFile(output) as out:
-        blob = BlobWriter(out, options)
+        blob = BlobWriter(out, options, chunk_dict=chunk_dict)
         try:
             if source.is_dir():
                 root = tree_from_dir(source, blob)
@@ -115,6 +120,10 @@ def _build_layer(source: Path, output: Path, options: BuildOptions,
         blobs = []
         if summary is not None:
             blobs = [blob_entry(summary, options, PLACEHOLDER_BLOB_ID, out.tell())]
+        if chunk_dict is not None and chunk_dict.used_blobs:
+            if summary is None:  # every chunk came from the dictionary: no blob of our own
+                relabel_blobs(root, {i + 1: i for i in range(len(chunk_dict.used_blobs))})
+            blobs += chunk_dict.used_blobs
         bootstrap = write_bootstrap(root, blobs, bootstrap_options(options))
         entries = list(summary.toc_entries) if summary else []
         stored, algo = store_compressed(bootstrap, Compressor.ZSTD)
@@ -130,6 +139,7 @@ def _build_layer(source: Path, output: Path, options: BuildOptions,
         digest = out.hexdigest()
         out.commit()
     if bootstrap_path is not None:
-        write_atomic(bootstrap_path, rename_blobs(bootstrap, [digest] * len(blobs)))
+        own = {0: digest} if summary is not None else {}
+        write_atomic(bootstrap_path, rename_blobs(bootstrap, own))
     return LayerResult(f"sha256:{digest}", size, bootstrap)
 

@@ -2,8 +2,10 @@
 
 Each layer is a Nydus layer (or a bare bootstrap) plus its digest. Its bootstrap is found
 from the end of the layer (ToC, else tar headers), read into a tree, and stacked with
-overlay semantics (`overlay.py`). Every layer's blob is renamed to the layer digest (hex)
-and loses INLINED_FS_META; the blob table then lists the blobs in the order the merged tree
+overlay semantics (`overlay.py`). Every layer's own blob is renamed to the layer digest
+(hex) and loses INLINED_FS_META; blobs a layer references through a chunk dictionary keep
+their ids (and appear once however many layers use them). The blob table lists the blobs
+in the order the merged tree
 first references them (breadth first), so blobs of layers whose files were all deleted, and
 of metadata-only layers, drop out. All layers must share one chunk size; the compressor and
 digester recorded are those of the top layer, and HAS_XATTR is always set, as nydus does.
@@ -27,9 +29,9 @@ from rafs.builder.bootstrap import (
 from rafs.builder.from_bootstrap import tree_from_bootstrap
 from rafs.builder.options import WHITEOUT_SPECS
 from rafs.builder.overlay import merge_directory
-from rafs.builder.tree import Inode, new_directory
+from rafs.builder.tree import Inode, new_directory, relabel_blobs
 from rafs.errors import FormatError, InvalidArgument, RafsError, Unsupported
-from rafs.format.blobtable import BlobEntry, BlobFeatures
+from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
 from rafs.format.superblock import RafsSuperFlags
 from rafs.format.toc import SECTION_BOOTSTRAP
 from rafs.reader.image import RafsImage, is_rafs_v6
@@ -98,25 +100,16 @@ def layer_bootstrap(layer: MergeLayer) -> RafsImage:
     return RafsImage(data, where)
 
 
+def _is_own_blob(blob: BlobEntry) -> bool:
+    """Whether a layer's blob is the layer itself (the others come from a chunk dict)."""
+    return bool(blob.features & BlobFeatures.INLINED_FS_META) or blob.id == PLACEHOLDER_BLOB_ID
+
+
 def _codecs(image: RafsImage) -> tuple[int, int]:
     flags = image.ext.s_flags
     compressor = next(c for c, bit in COMPRESSION_FLAG.items() if flags & bit)
     digester = next(d for d, bit in DIGEST_FLAG.items() if flags & bit)
     return compressor, digester
-
-
-def _relabel_chunks(root: Inode, mapping: dict[int, int]) -> None:
-    """Give every chunk in the tree its new blob index."""
-    seen: set[int] = set()
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        for child in directory.children.values():
-            if child.is_dir:
-                pending.append(child)
-            elif child.chunks and id(child) not in seen:
-                seen.add(id(child))
-                child.chunks = [c._replace(blob_index=mapping[c.blob_index]) for c in child.chunks]
 
 
 def _blob_order(root: Inode) -> list[int]:
@@ -139,10 +132,11 @@ def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeRe
     if not layers:
         raise InvalidArgument("merge needs at least one layer")
     root = new_directory()
-    blobs: dict[int, BlobEntry] = {}
+    blobs: dict[str, int] = {}  # blob id -> index while merging
+    entries: list[BlobEntry] = []
     chunk_size = 0
     image = None
-    for position, layer in enumerate(layers):
+    for layer in layers:
         image = layer_bootstrap(layer)
         if chunk_size and image.chunk_size != chunk_size:
             raise InvalidArgument(
@@ -150,24 +144,29 @@ def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeRe
                 "of the layers below; all layers must share one chunk size"
             )
         chunk_size = image.chunk_size
-        if len(image.blobs) > 1:
-            raise Unsupported(f"{image.source}: a layer bootstrap with {len(image.blobs)} "
-                              "data blobs cannot be merged")  # fmt: skip
         tree = tree_from_bootstrap(image)
-        if image.blobs:
-            blob = image.blobs[0]
-            name = layer.hex.encode()
-            blobs[position] = replace(blob, blob_id=name,
-                                      features=blob.features & ~BlobFeatures.INLINED_FS_META)
-            _relabel_chunks(tree, {0: position})
+        mapping = {}
+        own = [b for b in image.blobs if _is_own_blob(b)]
+        if len(own) > 1:
+            raise Unsupported(f"{image.source}: a layer bootstrap with {len(own)} data blobs "
+                              "of its own cannot be merged")  # fmt: skip
+        for blob in image.blobs:
+            if _is_own_blob(blob):
+                blob = replace(blob, blob_id=layer.hex.encode(),
+                               features=blob.features & ~BlobFeatures.INLINED_FS_META)
+            if blob.id not in blobs:
+                blobs[blob.id] = len(entries)
+                entries.append(blob)
+            mapping[blob.blob_index] = blobs[blob.id]
+        relabel_blobs(tree, mapping)
         root = merge_directory(root, tree, options.whiteout_spec)
     assert image is not None
     order = _blob_order(root)
-    _relabel_chunks(root, {old: new for new, old in enumerate(order)})
+    relabel_blobs(root, {old: new for new, old in enumerate(order)})
     compressor, digester = _codecs(image)
     bootstrap = write_bootstrap(
         root,
-        [blobs[old] for old in order],
+        [entries[old] for old in order],
         BootstrapOptions(
             chunk_size=chunk_size,
             compressor=compressor,  # type: ignore[arg-type]
@@ -177,7 +176,7 @@ def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeRe
             prefetch_patterns=options.prefetch_patterns,
         ),
     )
-    return MergeResult(bootstrap, [f"sha256:{blobs[old].id}" for old in order])
+    return MergeResult(bootstrap, [f"sha256:{entries[old].id}" for old in order])
 
 
 def write_bootstrap_tar(bootstrap: bytes, out: BinaryIO) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from rafs.errors import InvalidArgument
 from rafs.format.blobtable import Compressor, Digester
@@ -25,6 +26,7 @@ class BuildOptions:
     # The Go converter feeds `create` no patterns (its "/" default lands on a copy), so a
     # layer has no prefetch table unless asked; `merge` does get "/".
     prefetch_patterns: tuple[str, ...] = ()
+    chunk_dict_path: Path | None = None  # bootstrap whose chunks are referenced, not stored
 
     def __post_init__(self) -> None:
         size = self.chunk_size

@@ -64,3 +64,17 @@ def walk(root: Inode, prefix: bytes = b"/") -> Iterator[tuple[bytes, Inode]]:
             yield from walk(child, path)
         else:
             yield path, child
+
+
+def relabel_blobs(root: Inode, mapping: dict[int, int]) -> None:
+    """Give every chunk in the tree the blob index `mapping` assigns to its current one."""
+    seen: set[int] = set()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        for child in directory.children.values():
+            if child.is_dir:
+                pending.append(child)
+            elif child.chunks and id(child) not in seen:
+                seen.add(id(child))
+                child.chunks = [c._replace(blob_index=mapping[c.blob_index]) for c in child.chunks]

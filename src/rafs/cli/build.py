@@ -34,6 +34,8 @@ def register(commands: Any) -> None:
     create.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE,
                         help="power of two, 0x1000..0x1000000 (default 0x100000)")  # fmt: skip
     create.add_argument("--whiteout-spec", choices=WHITEOUT_SPECS, default="oci")
+    create.add_argument("--chunk-dict", type=Path, metavar="BOOTSTRAP",
+                        help="reference chunks already in this image's blobs")  # fmt: skip
     create.add_argument("--prefetch", nargs="+", default=[], metavar="PATH",
                         help="absolute paths whose nids go in the prefetch table")  # fmt: skip
     create.set_defaults(run=run_create)
@@ -47,6 +49,7 @@ def run_create(args: argparse.Namespace) -> int:
         whiteout_spec=args.whiteout_spec,
         fs_version=args.fs_version,
         prefetch_patterns=tuple(args.prefetch),
+        chunk_dict_path=args.chunk_dict,
     )
     result = build_layer(args.source, args.output, options, args.bootstrap)
     print(result.digest)

@@ -1,0 +1,209 @@
+"""`rafs merge`: overlay semantics, blob table, options and bad input (no kernel needed)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from rafs.builder.layer import build_layer
+from rafs.builder.merge import MergeLayer, MergeOptions, merge_layers, write_bootstrap_tar
+from rafs.builder.options import BuildOptions
+from rafs.errors import FormatError, InvalidArgument, NotFound
+from rafs.format.superblock import RafsSuperFlags
+from rafs.reader.artifact import open_artifact
+from rafs.reader.blobs import BlobSet, read_file
+from rafs.reader.image import RafsImage
+from tests.conftest import RafsRunner
+from tests.support.tarballs import make_tar
+
+Entries = list[tuple[str, bytes | None, dict[str, object]]]
+
+
+class Stack:
+    """Layers built from in-memory tars, saved as <blob dir>/<digest hex>."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.blob_dir = tmp / "blobs"
+        self.blob_dir.mkdir()
+        self.paths: list[Path] = []
+
+    def add(self, entries: Entries, **options: object) -> Path:
+        source = self.tmp / f"layer{len(self.paths)}.tar"
+        source.write_bytes(make_tar(entries))
+        staging = self.tmp / "staging"
+        result = build_layer(source, staging, BuildOptions(**options))  # type: ignore[arg-type]
+        path = self.blob_dir / result.digest.split(":")[1]
+        staging.rename(path)
+        self.paths.append(path)
+        return path
+
+    def merge(self, spec: str = "oci") -> tuple[RafsImage, BlobSet, list[str]]:
+        layers = [MergeLayer(f"sha256:{p.name}", p.open("rb")) for p in self.paths]
+        try:
+            result = merge_layers(layers, MergeOptions(whiteout_spec=spec))
+        finally:
+            for layer in layers:
+                layer.reader.close()
+        image = RafsImage(result.bootstrap, "merged")
+        return image, BlobSet(image, None, self.blob_dir), result.blob_digests
+
+
+def _names(image: RafsImage) -> dict[str, int]:
+    return {path.decode(): st.mode for path, st in image.walk()}
+
+
+def test_whiteouts_opaque_dirs_and_replacements(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.add([
+        ("a/keep", b"keep", {}), ("a/gone", b"gone", {}), ("dir/sub/f", b"f", {}),
+        ("file-becomes-dir", b"x", {}), ("dir-becomes-file/inner", b"y", {}),
+        ("opaque/old", b"old", {}), ("hard/one", b"linked", {}),
+        ("hard/two", None, {"type": tarfile.LNKTYPE, "linkname": "hard/one"}),
+    ])  # fmt: skip
+    stack.add([
+        ("a/.wh.gone", b"", {}), (".wh.dir", b"", {}), (".wh.never-existed", b"", {}),
+        ("file-becomes-dir/now", b"dir", {}), ("dir-becomes-file", b"file", {}),
+        ("opaque/.wh..wh..opq", b"", {}), ("opaque/new", b"new", {}),
+        ("hard/one", b"replaced", {}),
+    ])  # fmt: skip
+    image, blobs, digests = stack.merge()
+    names = _names(image)
+    assert sorted(names) == [
+        "/", "/a", "/a/keep", "/dir-becomes-file", "/file-becomes-dir",
+        "/file-becomes-dir/now", "/hard", "/hard/one", "/hard/two", "/opaque", "/opaque/new",
+    ]  # fmt: skip
+    assert read_file(blobs, image.lookup("/dir-becomes-file")) == b"file"
+    assert read_file(blobs, image.lookup("/hard/one")) == b"replaced"
+    assert read_file(blobs, image.lookup("/hard/two")) == b"linked"
+    assert image.stat(image.lookup("/hard/two")).nlink == 1  # its partner was replaced
+    # blobs in order of first reference, breadth first: /dir-becomes-file is layer 1's
+    assert digests == [f"sha256:{stack.paths[1].name}", f"sha256:{stack.paths[0].name}"]
+    assert image.ext.s_flags & RafsSuperFlags.HAS_XATTR  # as nydus merge always sets
+    assert image.prefetch_nids() == [image.root_nid]
+
+
+def test_metadata_only_layer_and_unreferenced_blobs(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.add([("gone/data", b"old data", {})])
+    stack.add([("kept", b"kept data", {})])
+    stack.add([(".wh.gone", b"", {}), ("kept", b"", {"mode": 0o600, "uid": 7})])
+    stack.add([("kept", b"kept data", {"mode": 0o640, "uid": 9,
+                                       "pax_headers": {"SCHILY.xattr.user.k": "v"}})])  # fmt: skip
+    image, blobs, digests = stack.merge()
+    st = image.stat(image.lookup("/kept"))
+    assert (st.mode & 0o777, st.uid) == (0o640, 9)
+    assert image.xattrs(st.nid) == {b"user.k": b"v"}
+    # layer 0's files are all deleted; layer 2 has no data; layer 1 and 3 hold the same
+    # chunk, which layer 3 (read last) references.
+    assert digests == [f"sha256:{stack.paths[3].name}"]
+    assert read_file(blobs, st.nid) == b"kept data"
+
+
+def test_overlayfs_whiteouts(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.add([("d/old", b"1", {}), ("f", b"2", {}), ("o/x", b"3", {})])
+    stack.add([
+        ("f", None, {"type": tarfile.CHRTYPE, "devmajor": 0, "devminor": 0}),
+        ("o", None, {"pax_headers": {"SCHILY.xattr.trusted.overlay.opaque": "y"}}),
+        ("o/y", b"4", {}),
+    ])  # fmt: skip
+    image, _, _ = stack.merge("overlayfs")
+    assert sorted(_names(image)) == ["/", "/d", "/d/old", "/o", "/o/y"]
+    assert image.xattrs(image.lookup("/o")) == {}
+    oci, _, _ = stack.merge("oci")  # the same layers, read as OCI: nothing is a whiteout
+    assert "/o/x" in _names(oci) and stat_is_chr(oci, "/f")
+
+
+def stat_is_chr(image: RafsImage, path: str) -> bool:
+    import stat
+
+    return stat.S_ISCHR(image.stat(image.lookup(path)).mode)
+
+
+def test_whiteout_spec_none_keeps_whiteout_files(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.add([("a", b"1", {})])
+    stack.add([(".wh.a", b"", {})])
+    image, _, _ = stack.merge("none")
+    assert sorted(_names(image)) == ["/", "/.wh.a", "/a"]
+
+
+def test_chunk_sizes_must_match(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.add([("a", b"1", {})])
+    stack.add([("b", b"2", {})], chunk_size=0x10000)
+    with pytest.raises(InvalidArgument, match="chunk size"):
+        stack.merge()
+
+
+def test_layers_without_a_bootstrap_are_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(make_tar([("a", b"1", {})]))
+    with plain.open("rb") as f, pytest.raises((FormatError, NotFound)):
+        merge_layers([MergeLayer("sha256:" + "0" * 64, f)], MergeOptions())
+    stack = Stack(tmp_path)
+    layer = stack.add([("a", b"1", {})])
+    data = layer.read_bytes()
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[:-700])  # inside the ToC
+    with cut.open("rb") as f, pytest.raises(FormatError):
+        merge_layers([MergeLayer("sha256:" + "1" * 64, f)], MergeOptions())
+
+
+def test_tar_output_is_the_go_converters_bootstrap_layer(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.add([("a", b"1", {})])
+    image, _, _ = stack.merge()
+    out = io.BytesIO()
+    write_bootstrap_tar(image.data, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as archive:
+        members = archive.getmembers()
+        assert [(m.name, m.type, m.mode, m.mtime, m.uid, m.gid) for m in members] == [
+            ("image", tarfile.DIRTYPE, 0o755, 0, 0, 0),
+            ("image/image.boot", tarfile.REGTYPE, 0o444, 0, 0, 0),
+        ]
+        assert archive.extractfile(members[1]).read() == image.data  # type: ignore[union-attr]
+    again = io.BytesIO()
+    write_bootstrap_tar(image.data, again)
+    assert again.getvalue() == out.getvalue()
+
+
+def test_chunk_dict_blobs_join_the_blob_table(tmp_path: Path, rafs: RafsRunner) -> None:
+    shared = bytes(range(256)) * 8192  # 2 MiB
+    base = tmp_path / "base.tar"
+    base.write_bytes(make_tar([("big", shared, {})]))
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    digest = rafs("create", str(base), "-o", str(tmp_path / "base"), "--bootstrap",
+                  str(tmp_path / "base.boot")).stdout.decode().strip()  # fmt: skip
+    (tmp_path / "base").rename(blob_dir / digest.split(":")[1])
+    upper = tmp_path / "upper.tar"
+    upper.write_bytes(make_tar([("copy", shared, {}), ("own", b"own data", {})]))
+    staged = tmp_path / "upper"
+    upper_digest = rafs("create", str(upper), "-o", str(staged), "--chunk-dict",
+                        str(tmp_path / "base.boot")).stdout.decode().strip()  # fmt: skip
+    layer = blob_dir / upper_digest.split(":")[1]
+    staged.rename(layer)
+    assert layer.stat().st_size < 100_000  # the 2 MiB were not stored again
+    with open_artifact(layer, blob_dir) as artifact:
+        assert [b.id for b in artifact.image.blobs][1:] == [digest.split(":")[1]]
+        assert read_file(artifact.blobs, artifact.image.lookup("/copy")) == shared
+    merged = tmp_path / "merged.boot"
+    listed = rafs("merge", str(layer), "-o", str(merged)).stdout.decode().split()
+    assert sorted(listed) == sorted([digest, upper_digest])
+    rafs("check", str(merged), "--blob-dir", str(blob_dir))
+
+
+def test_cli_merge_names_layers_by_digest(tmp_path: Path, rafs: RafsRunner) -> None:
+    stack = Stack(tmp_path)
+    stack.add([("a", b"1", {})])
+    stack.add([("b", b"2", {})])
+    renamed = tmp_path / "second-layer.nydus"  # not named by digest: hashed instead
+    stack.paths[1].rename(renamed)
+    out = tmp_path / "merged"
+    listed = rafs("merge", str(stack.paths[0]), str(renamed), "-o", str(out)).stdout.decode()
+    assert listed.split() == [f"sha256:{stack.paths[0].name}", f"sha256:{stack.paths[1].name}"]
