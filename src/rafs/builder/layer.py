@@ -15,10 +15,7 @@ layer digest instead, as a merged image does, so it resolves in a folder of blob
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from rafs.builder.from_dir import tree_from_dir
 from rafs.builder.from_tar import tree_from_tar
 from rafs.builder.options import BuildOptions
 from rafs.builder.source import open_tar_stream
-from rafs.builder.tree import relabel_blobs
+from rafs.builder.tree import cyclic_gc_paused, relabel_blobs
 from rafs.errors import NotFound
 from rafs.fileio import AtomicHashingFile, write_atomic
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, Compressor, Digester
@@ -75,29 +72,12 @@ def bootstrap_options(options: BuildOptions) -> BootstrapOptions:
     )
 
 
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the duration of a build.
-
-    A build allocates a few container objects per file and chunk and frees them by
-    reference counting (the tree is acyclic); the collector's repeated full scans of that
-    growing heap cost over 10% of a build of the kernel tree and find nothing.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def build_layer(source: Path, output: Path, options: BuildOptions,
                 bootstrap_path: Path | None = None) -> LayerResult:  # fmt: skip
     """Build the Nydus layer of a tar file (plain, gzip, zstd) or a directory."""
     if not source.exists():
         raise NotFound(f"{source}: no such file or directory")
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         return _build_layer(source, output, options, bootstrap_path)
 
 

@@ -29,7 +29,7 @@ from rafs.builder.bootstrap import (
 from rafs.builder.from_bootstrap import tree_from_bootstrap
 from rafs.builder.options import WHITEOUT_SPECS
 from rafs.builder.overlay import merge_directory
-from rafs.builder.tree import Inode, new_directory, relabel_blobs
+from rafs.builder.tree import Inode, cyclic_gc_paused, new_directory, relabel_blobs
 from rafs.errors import FormatError, InvalidArgument, RafsError, Unsupported
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
 from rafs.format.superblock import RafsSuperFlags
@@ -131,6 +131,11 @@ def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeRe
     """Stack the layers (lowest first) into one bootstrap."""
     if not layers:
         raise InvalidArgument("merge needs at least one layer")
+    with cyclic_gc_paused():
+        return _merge(layers, options)
+
+
+def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
     root = new_directory()
     blobs: dict[str, int] = {}  # blob id -> index while merging
     entries: list[BlobEntry] = []

@@ -9,6 +9,7 @@ inside, and never a loop.
 from __future__ import annotations
 
 import stat
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -150,7 +151,7 @@ class RafsImage:
                           "prefetch table")  # fmt: skip
         self.root_nid = sb.s_root_nid
         self._chunk_map: dict[tuple[int, int], ChunkInfo] | None = None
-        self._inode_cache = lru_cache(maxsize=65536)(self._load_stat)
+        self._inode_cache = lru_cache(maxsize=None)(self._load_stat)
 
     def _record(self, kind: type[_R], offset: int) -> _R:
         try:
@@ -287,12 +288,8 @@ class RafsImage:
         """The nid at an absolute path (symlinks are not followed)."""
         return lookup_path(self, self.root_nid, path)
 
-    def chunk_addrs(self, nid: int, first: int = 0, stop: int | None = None) -> list[ChunkAddr]:
-        """The chunk index array of a regular file, one entry per RAFS chunk.
-
-        `first` and `stop` select entries [first, stop), so that reading part of a large
-        file does not decode the index of the whole file.
-        """
+    def _chunk_array(self, nid: int) -> tuple[int, int]:
+        """(offset, entry count) of a regular file's chunk index array, checked."""
         st = self.stat(nid)
         if not st.is_reg:
             raise FormatError(f"{self.source}: nid {nid} is not a regular file")
@@ -304,19 +301,39 @@ class RafsImage:
         start = align_up(st.body_offset, 8)
         if start + 8 * count > len(self.data):
             raise FormatError(f"{self.source}: nid {nid}: chunk indexes run past the end")
+        return start, count
+
+    def chunk_addrs(self, nid: int, first: int = 0, stop: int | None = None) -> list[ChunkAddr]:
+        """The chunk index array of a regular file, one entry per RAFS chunk.
+
+        `first` and `stop` select entries [first, stop), so that reading part of a large
+        file does not decode the index of the whole file.
+        """
+        start, count = self._chunk_array(nid)
         stop = count if stop is None else min(stop, count)
         return [ChunkAddr.unpack(self.data, start + 8 * i) for i in range(first, stop)]
+
+    def chunk_keys(
+        self, nid: int, first: int = 0, stop: int | None = None
+    ) -> list[tuple[int, int]]:
+        """(blob index, block address) of chunks [first, stop): `chunk_addrs` decoded at once."""
+        start, count = self._chunk_array(nid)
+        stop = count if stop is None else min(stop, count)
+        if stop <= first:
+            return []
+        words = struct.unpack_from(f"<{stop - first}Q", self.data, start + 8 * first)
+        return [(((word >> 16) & 0xFF) - 1, word >> 32) for word in words]
 
     def file_chunks(self, nid: int, first: int = 0, stop: int | None = None) -> list[ChunkInfo]:
         """The chunk infos of a regular file in file order (chunks [first, stop))."""
         chunk_map = self.chunk_map()
         infos = []
-        for index, addr in enumerate(self.chunk_addrs(nid, first, stop), first):
-            info = chunk_map.get((addr.blob_index, addr.c_blk_addr))
-            if info is None or addr.blob_index >= len(self.blobs):
+        for index, key in enumerate(self.chunk_keys(nid, first, stop), first):
+            info = chunk_map.get(key)
+            if info is None or key[0] >= len(self.blobs):
                 raise FormatError(
-                    f"{self.source}: nid {nid} chunk {index} (blob {addr.blob_index}, block "
-                    f"{addr.c_blk_addr}) is not in the chunk table"
+                    f"{self.source}: nid {nid} chunk {index} (blob {key[0]}, block "
+                    f"{key[1]}) is not in the chunk table"
                 )
             infos.append(info)
         return infos
