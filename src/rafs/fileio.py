@@ -1,4 +1,4 @@
-"""Small file helpers: atomic output files that hash what is written."""
+"""Small file helpers: writers that hash what they pass on, atomic output files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,35 @@ import os
 import secrets
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 
-class AtomicHashingFile:
+class HashingWriter:
+    """Pass writes through to a binary stream, counting and hashing them with SHA-256."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self._position = 0
+
+    def write(self, data: bytes, /) -> int:
+        self._out.write(data)
+        self._hash.update(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def running_sha256(self) -> bytes:
+        """SHA-256 of everything written so far."""
+        return self._hash.copy().digest()
+
+
+class AtomicHashingFile(HashingWriter):
     """Write to a temp file beside `path`, hashing with SHA-256; `commit` renames it in.
 
     Nothing appears at `path` unless `commit` runs; leaving the context without it removes
@@ -24,25 +50,8 @@ class AtomicHashingFile:
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._hash = hashlib.sha256()
-        self._position = 0
+        super().__init__(self._file)
         self._done = False
-
-    def write(self, data: bytes, /) -> int:
-        self._file.write(data)
-        self._hash.update(data)
-        self._position += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._position
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-    def running_sha256(self) -> bytes:
-        """SHA-256 of everything written so far."""
-        return self._hash.copy().digest()
 
     def commit(self) -> None:
         self._file.flush()

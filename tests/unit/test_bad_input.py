@@ -27,7 +27,7 @@ from rafs import cli as rafs_cli
 from rafs.errors import FormatError, IntegrityError, InvalidArgument, NotFound, RafsError
 from rafs.format.chunktable import ChunkInfo
 from rafs.format.dirent import Dirent, unpack_dirent_block
-from rafs.format.inode import ChunkAddr, DataLayout
+from rafs.format.inode import DataLayout
 from rafs.format.toc import SECTION_BLOB, SECTION_BOOTSTRAP, TAR_BLOCK, TocEntry
 from rafs.reader.artifact import open_artifact
 from rafs.reader.image import RafsImage
@@ -539,16 +539,16 @@ def test_cat_decodes_each_chunk_index_once(
     rafs("create", tmp_path / "many.tar", "-o", layer, "--chunk-size", "0x1000",
          "--compressor", "none")  # fmt: skip
     decoded: list[int] = []
-    chunk_addrs = RafsImage.chunk_addrs
+    chunk_keys = RafsImage.chunk_keys
 
     def counting(
         self: RafsImage, nid: int, first: int = 0, stop: int | None = None
-    ) -> list[ChunkAddr]:
-        addrs = chunk_addrs(self, nid, first, stop)
-        decoded.append(len(addrs))
-        return addrs
+    ) -> list[tuple[int, int]]:
+        keys = chunk_keys(self, nid, first, stop)
+        decoded.append(len(keys))
+        return keys
 
-    monkeypatch.setattr(RafsImage, "chunk_addrs", counting)
+    monkeypatch.setattr(RafsImage, "chunk_keys", counting)
     code, out, err = cli(CAT, layer, "/many")
     assert (code, err) == (0, "")
     assert out == data

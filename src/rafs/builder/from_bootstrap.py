@@ -67,9 +67,9 @@ def tree_from_bootstrap(image: RafsImage) -> Inode:
                 child = _inode(image, st, chunks)
                 pending.append((entry.nid, child))
             elif st.is_reg:
-                child = files.get(entry.nid)  # a later name of a hard-linked file
-                if child is None:
-                    child = files[entry.nid] = _inode(image, st, chunks)
+                shared = files.get(entry.nid)  # a later name of a hard-linked file
+                child = shared if shared is not None else _inode(image, st, chunks)
+                files[entry.nid] = child
             else:
                 child = _inode(image, st, chunks)
             directory.children[entry.name] = child

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rafs.builder.blob import TOC_FLAGS, BlobSummary, BlobWriter, store_compressed, toc_entry
 from rafs.builder.bootstrap import BootstrapOptions, rename_blobs, write_bootstrap
@@ -28,7 +29,7 @@ from rafs.builder.options import BuildOptions
 from rafs.builder.source import open_tar_stream
 from rafs.builder.tree import cyclic_gc_paused, relabel_blobs
 from rafs.errors import NotFound
-from rafs.fileio import AtomicHashingFile, write_atomic
+from rafs.fileio import AtomicHashingFile, HashingWriter, write_atomic
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, Compressor, Digester
 from rafs.format.toc import SECTION_BOOTSTRAP, TOC_NAME, pack_section_header
 
@@ -40,6 +41,7 @@ class LayerResult:
     digest: str  # "sha256:<hex>" of the layer file
     size: int
     bootstrap: bytes  # as inlined in the layer
+    has_own_blob: bool  # False when the layer stores no chunk data of its own
 
 
 def blob_entry(summary: BlobSummary, options: BuildOptions, blob_id: str,
@@ -77,23 +79,32 @@ def build_layer(source: Path, output: Path, options: BuildOptions,
     """Build the Nydus layer of a tar file (plain, gzip, zstd) or a directory."""
     if not source.exists():
         raise NotFound(f"{source}: no such file or directory")
-    with cyclic_gc_paused():
-        return _build_layer(source, output, options, bootstrap_path)
+    with AtomicHashingFile(output) as out:
+        if source.is_dir():
+            result = write_layer(source, out, options, str(source))
+        else:
+            with source.open("rb") as raw:
+                result = write_layer(open_tar_stream(raw), out, options, str(source))
+        out.commit()
+    if bootstrap_path is not None:
+        own = {0: result.digest.split(":")[1]} if result.has_own_blob else {}
+        write_atomic(bootstrap_path, rename_blobs(result.bootstrap, own))
+    return result
 
 
-def _build_layer(source: Path, output: Path, options: BuildOptions,
-                 bootstrap_path: Path | None) -> LayerResult:  # fmt: skip
+def write_layer(source: Path | IO[bytes], out: HashingWriter, options: BuildOptions,
+                name: str) -> LayerResult:  # fmt: skip
+    """Write the Nydus layer of a directory or an uncompressed tar stream to `out`."""
     chunk_dict = None
     if options.chunk_dict_path is not None:
         chunk_dict = ChunkDict.load(options.chunk_dict_path, options.digester, options.chunk_size)
-    with AtomicHashingFile(output) as out:
+    with cyclic_gc_paused():
         blob = BlobWriter(out, options, chunk_dict=chunk_dict)
         try:
-            if source.is_dir():
+            if isinstance(source, Path):
                 root = tree_from_dir(source, blob)
             else:
-                with source.open("rb") as raw:
-                    root = tree_from_tar(open_tar_stream(raw), blob, str(source))
+                root = tree_from_tar(source, blob, name)
             summary = blob.finish()
         finally:
             blob.close()
@@ -105,21 +116,14 @@ def _build_layer(source: Path, output: Path, options: BuildOptions,
                 relabel_blobs(root, {i + 1: i for i in range(len(chunk_dict.used_blobs))})
             blobs += chunk_dict.used_blobs
         bootstrap = write_bootstrap(root, blobs, bootstrap_options(options))
-        entries = list(summary.toc_entries) if summary else []
-        stored, algo = store_compressed(bootstrap, Compressor.ZSTD)
-        entries.append(toc_entry(SECTION_BOOTSTRAP, TOC_FLAGS[algo],
-                                 hashlib.sha256(bootstrap).digest(), out.tell(), len(stored),
-                                 len(bootstrap)))  # fmt: skip
-        out.write(stored)
-        out.write(pack_section_header(SECTION_BOOTSTRAP, len(stored)))
-        toc = b"".join(entry.pack() for entry in entries)
-        out.write(toc)
-        out.write(pack_section_header(TOC_NAME, len(toc)))
-        size = out.tell()
-        digest = out.hexdigest()
-        out.commit()
-    if bootstrap_path is not None:
-        own = {0: digest} if summary is not None else {}
-        write_atomic(bootstrap_path, rename_blobs(bootstrap, own))
-    return LayerResult(f"sha256:{digest}", size, bootstrap)
-
+    entries = list(summary.toc_entries) if summary else []
+    stored, algo = store_compressed(bootstrap, Compressor.ZSTD)
+    entries.append(toc_entry(SECTION_BOOTSTRAP, TOC_FLAGS[algo],
+                             hashlib.sha256(bootstrap).digest(), out.tell(), len(stored),
+                             len(bootstrap)))  # fmt: skip
+    out.write(stored)
+    out.write(pack_section_header(SECTION_BOOTSTRAP, len(stored)))
+    toc = b"".join(entry.pack() for entry in entries)
+    out.write(toc)
+    out.write(pack_section_header(TOC_NAME, len(toc)))
+    return LayerResult(f"sha256:{out.hexdigest()}", out.tell(), bootstrap, summary is not None)
