@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rafs import __version__
-from rafs.cli import build, merge, read
+from rafs.cli import build, merge, read, unpack
 from rafs.errors import RafsError
 
 EXIT_OS_ERROR = 11
@@ -29,6 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.register(commands)
     merge.register(commands)
     read.register(commands)
+    unpack.register(commands)
     return parser
 
 
