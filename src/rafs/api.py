@@ -1,8 +1,9 @@
 """The converter API, in the shape of nydus-snapshotter's `pkg/converter`.
 
 `pack` turns an OCI layer tar stream into a Nydus layer, `merge` stacks Nydus layers into
-one bootstrap; options are frozen dataclasses carrying the Go option fields that make sense
-in-process (no builder path, work dir or timeout: there is no external builder).
+one bootstrap, `unpack` turns a Nydus layer or image back into an OCI tar. Options are
+frozen dataclasses carrying the Go option fields that make sense in-process (no builder
+path, work dir or timeout: there is no external builder).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from rafs.builder.source import open_tar_stream
 from rafs.codecs import COMPRESSOR_NAMES, DIGESTER_NAMES
 from rafs.errors import InvalidArgument
 from rafs.fileio import HashingWriter
+from rafs.reader.artifact import open_artifact_reader
+from rafs.reader.unpack import write_tar
 
 Layer = MergeLayer  # Go `converter.Layer`: a digest and a ReaderAt
 
@@ -33,6 +36,13 @@ class PackOption:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     chunk_dict_path: Path | None = None
     prefetch_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnpackOption:
+    """Go `UnpackOption`: where the blobs of a merged image are (a layer is its own blob)."""
+
+    blob_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -79,3 +89,10 @@ def merge(
         dest.write(result.bootstrap)
     return result.blob_digests
 
+
+
+def unpack(reader: BinaryIO, dest: BinaryIO, option: UnpackOption = UnpackOption()) -> None:
+    """Write the OCI tar of the Nydus layer (or bootstrap) read from `reader` to `dest`."""
+    with open_artifact_reader(reader, getattr(reader, "name", "unpack source"),
+                              option.blob_dir) as artifact:  # fmt: skip
+        write_tar(artifact, HashingWriter(dest))

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from rafs.api import Layer, MergeOption, PackOption, merge, pack
+from rafs.api import Layer, MergeOption, PackOption, merge, pack, unpack
 from rafs.errors import InvalidArgument
 from rafs.reader.image import RafsImage
 from tests.support.tarballs import make_tar
@@ -39,6 +39,12 @@ def test_pack_streams_a_layer_and_merge_stacks_them() -> None:
     image = RafsImage(boot, "merged")
     assert [e.name for e in image.children(image.root_nid)] == [b"b", b"c"]
     assert image.blobs[1].compression_algo == 1  # lz4_block, kept per blob
+
+    tar = io.BytesIO()
+    unpack(upper, tar)
+    with tarfile.open(fileobj=io.BytesIO(tar.getvalue())) as archive:
+        assert [m.name for m in archive.getmembers()] == [".", "./.wh.a", "./c"]
+        assert archive.extractfile("./c").read() == b"3"  # type: ignore[union-attr]
 
 
 BAD_OPTIONS = [PackOption(fs_version="5"), PackOption(compressor="gzip"),

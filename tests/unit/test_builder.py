@@ -201,3 +201,11 @@ def test_prefetch_patterns_become_the_prefetch_table(tmp_path: Path) -> None:
         image = artifact.image
         expected = [image.lookup(p) for p in ("/usr/bin/sh", "/etc", "/usr")]
         assert image.prefetch_nids() == expected  # /etc/hosts is covered by /etc
+
+
+def test_gnu_tar_escapes_in_xattr_names_are_undone(tmp_path: Path) -> None:
+    layer = _build(tmp_path, _tar([("f", b"x", {"pax_headers": {
+        "SCHILY.xattr.user.a%3Db%25c": "v", "SCHILY.xattr.user.%253D": "w"}})]))  # fmt: skip
+    with open_artifact(layer) as artifact:
+        xattrs = artifact.image.xattrs(artifact.image.lookup("/f"))
+    assert xattrs == {b"user.a=b%c": b"v", b"user.%3D": b"w"}

@@ -15,6 +15,7 @@ source verifies its own trailer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
@@ -110,6 +111,16 @@ def _parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
         records[key] = value
         pos += length
     return records
+
+
+_XATTR_ESCAPE = re.compile(rb"%(25|3D)")
+
+
+def _unescape_xattr_name(name: bytes) -> bytes:
+    """GNU tar writes "=" and "%" in xattr names as %3D and %25 (they delimit PAX records)."""
+    if b"%" not in name:
+        return name
+    return _XATTR_ESCAPE.sub(lambda m: b"%" if m.group(1) == b"25" else b"=", name)
 
 
 def _pax_int(records: dict[bytes, bytes], key: bytes, default: int, offset: int) -> int:
@@ -269,5 +280,5 @@ class TarStream:
         if records:
             for key, value in records.items():
                 if key.startswith(XATTR_PREFIX):
-                    entry.xattrs[key[len(XATTR_PREFIX) :]] = value
+                    entry.xattrs[_unescape_xattr_name(key[len(XATTR_PREFIX) :])] = value
         return entry

@@ -64,20 +64,34 @@ def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
     """Open a bootstrap file or a Nydus layer file."""
     _require_file(path)
     with path.open("rb") as f:
-        head = f.read(4096)
-        if is_rafs_v5(head[:8]):
-            raise Unsupported(f"{path}: RAFS v5 bootstraps support only inspect, ls and cat")
-        if is_rafs_v6(head):
-            image = RafsImage(_read_bootstrap(f, path), str(path))
-            return Artifact(image, BlobSet(image, None, blob_dir or path.parent), None)
-        if not ends_with_section(f):
-            raise FormatError(f"{path}: neither a RAFS v6 bootstrap nor a Nydus layer "
-                              "(it does not end with a section header)")  # fmt: skip
-        try:
-            bootstrap = read_section(f, SECTION_BOOTSTRAP, str(path))
-        except NotFound:
-            raise FormatError(f"{path}: neither a bootstrap nor a Nydus layer") from None
+        image, is_layer = _read_image(f, str(path))
+    if is_layer:
+        return Artifact(image, BlobSet(image, path, blob_dir), path)
+    return Artifact(image, BlobSet(image, None, blob_dir or path.parent), None)
+
+
+def open_artifact_reader(f: BinaryIO, name: str, blob_dir: Path | None = None) -> Artifact:
+    """Open a bootstrap or Nydus layer from a seekable reader (e.g. a content-store blob);
+    the reader stays the caller's to close."""
+    image, is_layer = _read_image(f, name)
+    return Artifact(image, BlobSet(image, f if is_layer else None, blob_dir), None)
+
+
+def _read_image(f: BinaryIO, name: str) -> tuple[RafsImage, bool]:
+    """The v6 image in `f`, and whether `f` is a layer (its own data blob) or a bootstrap."""
+    f.seek(0)
+    head = f.read(4096)
+    if is_rafs_v5(head[:8]):
+        raise Unsupported(f"{name}: RAFS v5 bootstraps support only inspect, ls and cat")
+    if is_rafs_v6(head):
+        return RafsImage(_read_bootstrap(f, Path(name)), name), False
+    if not ends_with_section(f):
+        raise FormatError(f"{name}: neither a RAFS v6 bootstrap nor a Nydus layer "
+                          "(it does not end with a section header)")  # fmt: skip
+    try:
+        bootstrap = read_section(f, SECTION_BOOTSTRAP, name)
+    except NotFound:
+        raise FormatError(f"{name}: neither a bootstrap nor a Nydus layer") from None
     if not is_rafs_v6(bootstrap[:4096]):
-        raise FormatError(f"{path}: the layer's image.boot is not a RAFS v6 bootstrap")
-    image = RafsImage(bootstrap, str(path))
-    return Artifact(image, BlobSet(image, path, blob_dir), path)
+        raise FormatError(f"{name}: the layer's image.boot is not a RAFS v6 bootstrap")
+    return RafsImage(bootstrap, name), True

@@ -7,7 +7,6 @@ looked up by id in the blob folder: a file named `<blob id>`, or `sha256/<blob i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,18 +20,25 @@ from rafs.reader.image import RafsImage
 class BlobSet:
     """The open data blobs of one image, by blob index."""
 
-    def __init__(self, image: RafsImage, layer: Path | None, blob_dir: Path | None) -> None:
+    def __init__(self, image: RafsImage, layer: Path | BinaryIO | None,
+                 blob_dir: Path | None) -> None:  # fmt: skip
+        """`layer` is the file (or an open reader) that is the image's own inlined blob."""
         self.image = image
         self._layer = layer
         self._blob_dir = blob_dir
         self._files: dict[int, BinaryIO] = {}
         self._sizes: dict[int, int] = {}
+        self._borrowed: set[int] = set()  # files the caller owns: not closed here
+
+    def _is_layer(self, index: int) -> bool:
+        blob = self.image.blobs[index]
+        return self._layer is not None and bool(
+            blob.features & BlobFeatures.INLINED_FS_META or blob.id == PLACEHOLDER_BLOB_ID
+        )
 
     def path(self, index: int) -> Path:
         blob = self.image.blobs[index]
-        if self._layer is not None and (
-            blob.features & BlobFeatures.INLINED_FS_META or blob.id == PLACEHOLDER_BLOB_ID
-        ):
+        if self._is_layer(index) and isinstance(self._layer, Path):
             return self._layer
         if self._blob_dir is None:
             raise NotFound(f"{self.image.source}: blob {blob.id} needs --blob-dir")
@@ -44,23 +50,29 @@ class BlobSet:
     def open(self, index: int) -> BinaryIO:
         f = self._files.get(index)
         if f is None:
-            path = self.path(index)
-            f = path.open("rb")
+            if self._is_layer(index) and not isinstance(self._layer, Path):
+                f = self._layer
+                assert f is not None
+                self._borrowed.add(index)
+            else:
+                f = self.path(index).open("rb")
             blob = self.image.blobs[index]
-            size = os.fstat(f.fileno()).st_size
+            size = f.seek(0, 2)
             if size < blob.compressed_size:
-                f.close()
+                if index not in self._borrowed:
+                    f.close()
                 raise FormatError(
-                    f"{path}: blob is {size} bytes, shorter than the {blob.compressed_size} "
-                    "its table entry says"
+                    f"{getattr(f, 'name', self.image.source)}: blob is {size} bytes, shorter "
+                    f"than the {blob.compressed_size} its table entry says"
                 )
             self._files[index] = f
             self._sizes[index] = size
         return f
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+        for index, f in self._files.items():
+            if index not in self._borrowed:
+                f.close()
         self._files.clear()
 
     def read_chunk(self, info: ChunkInfo, verify: bool = True) -> bytes:
