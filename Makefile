@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed
 
 # Debian packages the tests and the demo need; later work appends to this one list.
-APT_PACKAGES := erofs-utils debootstrap zstd tar attr
+APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci
 
 # Lint what exists: a fresh clone has no empty folders.
 LINT_PATHS := $(wildcard src tests bench)

@@ -6,7 +6,9 @@ one (a directory replacing a directory keeps its children); parents a tar never 
 made as 0755 root-owned directories with mtime 0; a `./` entry sets the root's attributes.
 PAX and GNU long names and links, PAX `SCHILY.xattr.*` xattrs, hard links (sharing the
 target's inode), symlinks, devices and fifos are understood. Names that climb out of the
-layer (`..`) or are absolute are refused, as are sparse and contiguous files.
+layer (`..`) or are absolute are refused, as are sparse and contiguous files. Whiteouts are
+kept as the files they are, except (OCI spec) a `.wh.` entry below a path this layer made
+a file or symlink: it hides nothing, and keeping it would turn the file into a directory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import stat
 from typing import IO
 
 from rafs.builder.blob import BlobWriter, Readable
+from rafs.builder.overlay import OCI_WHITEOUT_PREFIX
 from rafs.builder.tarstream import (
     BLOCKDEV,
     CHARDEV,
@@ -57,9 +60,10 @@ def split_path(name: bytes) -> list[bytes]:
 class TarTreeBuilder:
     """Accumulates a tree from tar entries; file data goes to a `BlobWriter`."""
 
-    def __init__(self, blob: BlobWriter) -> None:
+    def __init__(self, blob: BlobWriter, whiteout_spec: str) -> None:
         self.root = new_directory()
         self._blob = blob
+        self._whiteouts = whiteout_spec == "oci"
         self._last_dir_path: list[bytes] = []
         self._last_dir = self.root
 
@@ -77,6 +81,16 @@ class TarTreeBuilder:
         self._last_dir_path, self._last_dir = dir_parts, node
         return node
 
+    def _under_non_directory(self, parts: list[bytes]) -> bool:
+        node: Inode | None = self.root
+        for part in parts[:-1]:
+            node = node.children.get(part) if node is not None else None
+            if node is None:
+                return False
+            if not node.is_dir:
+                return True
+        return False
+
     def _lookup(self, parts: list[bytes]) -> Inode | None:
         node: Inode | None = self.root
         for part in parts:
@@ -87,6 +101,9 @@ class TarTreeBuilder:
         if entry.sparse:
             raise Unsupported("sparse files are not supported")
         parts = split_path(entry.name)
+        if self._whiteouts and parts and parts[-1].startswith(OCI_WHITEOUT_PREFIX) and \
+                self._under_non_directory(parts):
+            return  # hides a child of what this layer made a file: nothing to hide (umoci)
         if entry.type == HARDLINK:
             self._add_hardlink(parts, entry)
             return
@@ -140,9 +157,10 @@ class TarTreeBuilder:
         self._parent(parts).children[parts[-1]] = target
 
 
-def tree_from_tar(stream: IO[bytes], blob: BlobWriter, source: str) -> Inode:
+def tree_from_tar(stream: IO[bytes], blob: BlobWriter, source: str,
+                  whiteout_spec: str = "oci") -> Inode:  # fmt: skip
     """Read a whole (uncompressed) tar stream into a tree."""
-    builder = TarTreeBuilder(blob)
+    builder = TarTreeBuilder(blob, whiteout_spec)
     try:
         for entry, data in TarStream(stream):
             try:

@@ -104,7 +104,7 @@ def write_layer(source: Path | IO[bytes], out: HashingWriter, options: BuildOpti
             if isinstance(source, Path):
                 root = tree_from_dir(source, blob)
             else:
-                root = tree_from_tar(source, blob, name)
+                root = tree_from_tar(source, blob, name, options.whiteout_spec)
             summary = blob.finish()
         finally:
             blob.close()

@@ -29,7 +29,7 @@ from rafs.builder.bootstrap import (
 from rafs.builder.from_bootstrap import tree_from_bootstrap
 from rafs.builder.options import WHITEOUT_SPECS
 from rafs.builder.overlay import merge_directory
-from rafs.builder.tree import Inode, cyclic_gc_paused, new_directory, relabel_blobs
+from rafs.builder.tree import Inode, cyclic_gc_paused, relabel_blobs
 from rafs.errors import FormatError, InvalidArgument, RafsError, Unsupported
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
 from rafs.format.superblock import RafsSuperFlags
@@ -136,7 +136,7 @@ def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeRe
 
 
 def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
-    root = new_directory()
+    root: Inode | None = None
     blobs: dict[str, int] = {}  # blob id -> index while merging
     entries: list[BlobEntry] = []
     chunk_size = 0
@@ -165,7 +165,7 @@ def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
             mapping[blob.blob_index] = blobs[blob.id]
         relabel_blobs(tree, mapping)
         root = merge_directory(root, tree, options.whiteout_spec)
-    assert image is not None
+    assert image is not None and root is not None
     order = _blob_order(root)
     relabel_blobs(root, {old: new for new, old in enumerate(order)})
     compressor, digester = _codecs(image)

@@ -13,6 +13,12 @@ An upper layer's directory is merged into the lower one in two passes, as
 The whiteout spec `none` interprets nothing. Unlike nydus, whiteouts of the bottom layer
 are interpreted too (they hide nothing, so they simply disappear), as the kernel's overlayfs
 and umoci do, rather than staying behind as ordinary files.
+
+Also unlike nydus: an OCI layer leaves out the parent directories it did not change, and a
+build gives such parents fixed attributes (0755, root, mtime 0). An upper directory with
+exactly those attributes is taken as implied and keeps the lower directory's attributes,
+as unpacking the layer onto the lower tree (umoci, containerd) does. A layer that really
+sets a directory to those values over different lower ones is the rare case this misreads.
 """
 
 from __future__ import annotations
@@ -47,9 +53,18 @@ def _is_opaque(upper: Inode, spec: str) -> bool:
     return False
 
 
-def merge_directory(lower: Inode, upper: Inode, spec: str) -> Inode:
-    """Merge directory `upper` over `lower`; returns the merged directory (reusing both)."""
-    children = lower.children
+def _is_implied(directory: Inode) -> bool:
+    """Whether a directory has exactly the attributes `create` gives a parent that a tar
+    never names (0755, root, mtime 0, no xattrs)."""
+    return (directory.mode == stat.S_IFDIR | 0o755 and directory.uid == 0
+            and directory.gid == 0 and directory.mtime == 0 and directory.mtime_nsec == 0
+            and not directory.xattrs)  # fmt: skip
+
+
+def merge_directory(lower: Inode | None, upper: Inode, spec: str) -> Inode:
+    """Merge directory `upper` over `lower` (None: nothing below); returns the merged
+    directory, reusing both."""
+    children = lower.children if lower is not None else {}
     if _is_opaque(upper, spec):
         children.clear()
         if spec == "overlayfs":
@@ -66,9 +81,10 @@ def merge_directory(lower: Inode, upper: Inode, spec: str) -> Inode:
     for name, child in kept.items():
         old = children.get(name)
         if child.is_dir:
-            base = old if old is not None and old.is_dir else Inode(mode=stat.S_IFDIR)
-            children[name] = merge_directory(base, child, spec)
+            children[name] = merge_directory(old if old is not None and old.is_dir else None,
+                                             child, spec)  # fmt: skip
         else:
             children[name] = child
-    upper.children = children
-    return upper
+    merged = lower if lower is not None and _is_implied(upper) else upper
+    merged.children = children
+    return merged
