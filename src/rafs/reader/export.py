@@ -26,12 +26,10 @@ MAPPED_BLKADDR_ALIGN = 0x8_0000
 
 
 def _write_chunks(artifact: Artifact, blob_index: int, out: BinaryIO, base: int) -> None:
-    """Write every chunk of one blob at `base` + its uncompressed offset."""
+    """Write every chunk of one blob at `base` + its uncompressed offset, in blob order."""
     image = artifact.image
     blob = image.blobs[blob_index]
-    for info in image.chunk_table():
-        if info.blob_index != blob_index:
-            continue
+    for info in image.blob_chunks(blob_index):
         if info.uncompressed_offset + info.uncompressed_size > blob.uncompressed_size:
             raise FormatError(f"{image.source}: chunk {info.block_id.hex()[:16]} lies past "
                               "the end of its blob")  # fmt: skip

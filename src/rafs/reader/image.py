@@ -151,6 +151,8 @@ class RafsImage:
                           "prefetch table")  # fmt: skip
         self.root_nid = sb.s_root_nid
         self._chunk_map: dict[tuple[int, int], ChunkInfo] | None = None
+        self._chunk_table: list[ChunkInfo] | None = None
+        self._by_blob: dict[int, list[ChunkInfo]] | None = None
         self._inode_cache = lru_cache(maxsize=None)(self._load_stat)
 
     def _record(self, kind: type[_R], offset: int) -> _R:
@@ -172,8 +174,21 @@ class RafsImage:
         return self.ext.s_chunk_size
 
     def chunk_table(self) -> list[ChunkInfo]:
-        offset, size = self.ext.s_chunk_table_offset, self.ext.s_chunk_table_size
-        return [ChunkInfo.unpack(self.data, offset + i) for i in range(0, size, ChunkInfo.SIZE)]
+        """The chunk table, decoded once."""
+        if self._chunk_table is None:
+            offset, size = self.ext.s_chunk_table_offset, self.ext.s_chunk_table_size
+            self._chunk_table = [
+                ChunkInfo.unpack(self.data, offset + i) for i in range(0, size, ChunkInfo.SIZE)
+            ]
+        return self._chunk_table
+
+    def blob_chunks(self, blob_index: int) -> list[ChunkInfo]:
+        """The chunk table entries of one blob, in the order they are stored in it."""
+        if self._by_blob is None:
+            self._by_blob = {}
+            for info in sorted(self.chunk_table(), key=lambda c: c.compressed_offset):
+                self._by_blob.setdefault(info.blob_index, []).append(info)
+        return self._by_blob.get(blob_index, [])
 
     def chunk_map(self) -> dict[tuple[int, int], ChunkInfo]:
         """Chunk infos keyed by (blob index, uncompressed block address)."""
