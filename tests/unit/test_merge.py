@@ -207,3 +207,23 @@ def test_cli_merge_names_layers_by_digest(tmp_path: Path, rafs: RafsRunner) -> N
     out = tmp_path / "merged"
     listed = rafs("merge", str(stack.paths[0]), str(renamed), "-o", str(out)).stdout.decode()
     assert listed.split() == [f"sha256:{stack.paths[0].name}", f"sha256:{stack.paths[1].name}"]
+
+
+def test_cli_merge_bad_input_is_one_line(tmp_path: Path, rafs: RafsRunner) -> None:
+    stack = Stack(tmp_path)
+    good = stack.add([("a", b"1", {})])
+    other = stack.add([("b", b"2", {})], chunk_size=0x10000)
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(make_tar([("a", b"1", {})]))
+    cut = tmp_path / "cut"
+    cut.write_bytes(good.read_bytes()[:-700])
+    out = tmp_path / "out"
+    for layers, code in (([good, other], InvalidArgument.exit_code),
+                         ([good, plain], FormatError.exit_code),
+                         ([cut], FormatError.exit_code),
+                         ([tmp_path / "missing"], NotFound.exit_code)):  # fmt: skip
+        result = rafs("merge", *map(str, layers), "-o", str(out), check=False)
+        assert result.returncode == code, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("rafs: ")
+        assert "Traceback" not in result.stderr
+        assert not out.exists()

@@ -11,6 +11,7 @@ from typing import Any
 
 from rafs.builder.merge import MergeLayer, MergeOptions, merge_layers, write_bootstrap_tar
 from rafs.builder.options import WHITEOUT_SPECS
+from rafs.errors import NotFound
 from rafs.fileio import AtomicHashingFile
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -46,6 +47,9 @@ def layer_digest(path: Path) -> str:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    for path in args.layers:
+        if not path.is_file():
+            raise NotFound(f"{path}: no such layer file")
     with contextlib.ExitStack() as stack:
         layers = [
             MergeLayer(layer_digest(path), stack.enter_context(path.open("rb")), str(path))
