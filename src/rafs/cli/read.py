@@ -67,6 +67,20 @@ def _flag_names(flags: int, kind: type[Any]) -> list[str]:
     return [member.name for member in kind if flags & member.value]
 
 
+def _blob_summary(index: int, blob_id: str, chunk_count: int, compressor: int, digester: int,
+                  features: int, compressed_size: int, uncompressed_size: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "id": blob_id,
+        "chunk_count": chunk_count,
+        "compressor": Compressor(compressor).name.lower(),
+        "digester": Digester(digester).name.lower(),
+        "features": _flag_names(features, BlobFeatures),
+        "compressed_size": compressed_size,
+        "uncompressed_size": uncompressed_size,
+    }  # fmt: skip
+
+
 def _summary(artifact: Artifact) -> dict[str, Any]:
     image = artifact.image
     sb, ext = image.superblock, image.ext
@@ -85,17 +99,10 @@ def _summary(artifact: Artifact) -> dict[str, Any]:
         "prefetch": image.prefetch_nids(),
         "counts": counts,
         "blobs": [
-            {
-                "index": blob.blob_index,
-                "id": blob.id,
-                "chunk_count": blob.chunk_count,
-                "compressor": Compressor(blob.compression_algo).name.lower(),
-                "digester": Digester(blob.digest_algo).name.lower(),
-                "features": _flag_names(blob.features, BlobFeatures),
-                "compressed_size": blob.compressed_size,
-                "uncompressed_size": blob.uncompressed_size,
-                "mapped_blkaddr": image.devices[blob.blob_index].mapped_blkaddr,
-            }
+            _blob_summary(blob.blob_index, blob.id, blob.chunk_count, blob.compression_algo,
+                          blob.digest_algo, blob.features, blob.compressed_size,
+                          blob.uncompressed_size)
+            | {"mapped_blkaddr": image.devices[blob.blob_index].mapped_blkaddr}
             for blob in image.blobs
         ],
     }
@@ -127,16 +134,9 @@ def _summary_v5(image: RafsV5Image) -> dict[str, Any]:
         "prefetch": image.prefetch_inos(),
         "counts": _count(image),
         "blobs": [
-            {
-                "index": blob.index,
-                "id": blob.id,
-                "chunk_count": blob.chunk_count,
-                "compressor": compressor_of_flags(sb.s_flags).name.lower(),
-                "digester": digester_of_flags(sb.s_flags).name.lower(),
-                "features": _flag_names(blob.features, BlobFeatures),
-                "compressed_size": blob.compressed_size,
-                "uncompressed_size": blob.uncompressed_size,
-            }
+            _blob_summary(blob.index, blob.id, blob.chunk_count, compressor_of_flags(sb.s_flags),
+                          digester_of_flags(sb.s_flags), blob.features, blob.compressed_size,
+                          blob.uncompressed_size)
             for blob in image.blobs
         ],
     }
