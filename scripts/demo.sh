@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A tour of rafs on a small example: build a tree, tar it, turn the tar into a Nydus layer,
 # look inside it, check it, export it as a kernel EROFS image and (as root, when the kernel
-# has EROFS) mount that image and compare it with the source tree.
+# has EROFS) mount that image and compare it with the source tree; then stack a second layer
+# (a whiteout, a change) on it with `merge`, mount the merged image, and unpack it to a tar.
 # Everything is written to ./demo-out, which is recreated on each run.
 set -euo pipefail
 
@@ -76,4 +77,31 @@ echo "identical"
 
 step "Unmounting"
 run umount "$mnt"
+
+step "A second layer: deletes docs/readme.txt (OCI whiteout) and changes hello.txt"
+mkdir -p upper/docs
+printf 'Hello from the upper layer!\n' > upper/hello.txt
+: > upper/docs/.wh.readme.txt
+run tar --numeric-owner --format=pax -C upper -cf upper.tar .
+mkdir -p blobs
+lower_digest=$("$rafs" create example.tar -o layer.nydus)
+upper_digest=$("$rafs" create upper.tar -o upper.nydus)
+cp layer.nydus "blobs/${lower_digest#sha256:}"
+cp upper.nydus "blobs/${upper_digest#sha256:}"
+run ls blobs
+
+step "Merging the two layers into one image bootstrap (blobs named by layer digest)"
+run "$rafs" merge "blobs/${lower_digest#sha256:}" "blobs/${upper_digest#sha256:}" -o merged.boot
+run "$rafs" ls merged.boot / -l -R
+
+step "Mounting the merged image"
+run "$rafs" export --block merged.boot --blob-dir blobs -o merged.erofs
+run mount -t erofs -o loop,ro merged.erofs "$mnt"
+run ls -lR "$mnt"
+run cat "$mnt/hello.txt"
+run umount "$mnt"
+
+step "Unpacking the merged image back to an OCI tar"
+run "$rafs" unpack merged.boot --blob-dir blobs -o merged.tar
+run tar -tvf merged.tar
 echo "done: everything is in $out"
