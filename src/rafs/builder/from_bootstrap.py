@@ -15,12 +15,14 @@ from rafs.format.inode import encode_rdev
 from rafs.reader.image import RafsImage, Stat
 
 
-def _chunks(image: RafsImage) -> dict[tuple[int, int], Chunk]:
-    """Every chunk of the image as a `Chunk`, keyed by (blob index, block address)."""
+def _chunks(image: RafsImage, blob_map: dict[int, int]) -> dict[tuple[int, int], Chunk]:
+    """Every chunk of the image as a `Chunk` (its blob index mapped through `blob_map`),
+    keyed by (blob index in the image, block address)."""
     block = image.block_size
     return {
         (info.blob_index, info.uncompressed_offset // block): Chunk(
-            info.block_id, info.blob_index, info.index, info.compressed_offset,
+            info.block_id, blob_map.get(info.blob_index, info.blob_index), info.index,
+            info.compressed_offset,
             info.compressed_size, info.uncompressed_offset, info.uncompressed_size,
             bool(info.flags & ChunkFlags.COMPRESSED), info.crc32,
         )
@@ -48,9 +50,9 @@ def _inode(image: RafsImage, st: Stat, chunks: dict[tuple[int, int], Chunk]) -> 
     return inode
 
 
-def tree_from_bootstrap(image: RafsImage) -> Inode:
-    """The whole tree of a bootstrap."""
-    chunks = _chunks(image)
+def tree_from_bootstrap(image: RafsImage, blob_map: dict[int, int] | None = None) -> Inode:
+    """The whole tree of a bootstrap; `blob_map` renumbers the blobs its chunks point at."""
+    chunks = _chunks(image, blob_map or {})
     root = _inode(image, image.stat(image.root_nid), chunks)
     files: dict[int, Inode] = {}
     seen_dirs = {image.root_nid}

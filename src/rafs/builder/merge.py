@@ -149,7 +149,6 @@ def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
                 "of the layers below; all layers must share one chunk size"
             )
         chunk_size = image.chunk_size
-        tree = tree_from_bootstrap(image)
         mapping = {}
         own = [b for b in image.blobs if _is_own_blob(b)]
         if len(own) > 1:
@@ -163,7 +162,7 @@ def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
                 blobs[blob.id] = len(entries)
                 entries.append(blob)
             mapping[blob.blob_index] = blobs[blob.id]
-        relabel_blobs(tree, mapping)
+        tree = tree_from_bootstrap(image, mapping)
         root = merge_directory(root, tree, options.whiteout_spec)
     assert image is not None and root is not None
     order = _blob_order(root)

@@ -70,6 +70,8 @@ def walk(root: Inode, prefix: bytes = b"/") -> Iterator[tuple[bytes, Inode]]:
 
 def relabel_blobs(root: Inode, mapping: dict[int, int]) -> None:
     """Give every chunk in the tree the blob index `mapping` assigns to its current one."""
+    if all(old == new for old, new in mapping.items()):
+        return
     seen: set[int] = set()
     pending = [root]
     while pending:
