@@ -22,6 +22,7 @@ from rafs.errors import FormatError, InvalidArgument
 from rafs.format.blobtable import Compressor, Digester
 
 ZSTD_LEVEL = 3
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # first bytes of every zstd frame
 COMPRESSOR_NAMES = {"none": Compressor.NONE, "lz4_block": Compressor.LZ4_BLOCK,
                     "zstd": Compressor.ZSTD}  # fmt: skip
 DIGESTER_NAMES = {"blake3": Digester.BLAKE3, "sha256": Digester.SHA256}

@@ -209,3 +209,18 @@ def test_gnu_tar_escapes_in_xattr_names_are_undone(tmp_path: Path) -> None:
     with open_artifact(layer) as artifact:
         xattrs = artifact.image.xattrs(artifact.image.lookup("/f"))
     assert xattrs == {b"user.a=b%c": b"v", b"user.%3D": b"w"}
+
+
+def test_a_layer_without_its_toc_is_read_through_its_tar_headers(tmp_path: Path) -> None:
+    layer = _build(tmp_path, _tar([("a", b"payload", {})]))
+    with layer.open("rb") as f:
+        toc = read_toc(f, "layer")
+    assert toc is not None
+    boot = next(entry for entry in toc if entry.section == b"image.boot")
+    stripped = tmp_path / "stripped"
+    # keep everything up to and including the image.boot section's tar header
+    stripped.write_bytes(layer.read_bytes()[: boot.compressed_offset + boot.compressed_size + 512])
+    with stripped.open("rb") as f:
+        assert read_toc(f, "stripped") is None
+    with open_artifact(stripped) as artifact:
+        assert read_file(artifact.blobs, artifact.image.lookup("/a")) == b"payload"

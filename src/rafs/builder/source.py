@@ -7,8 +7,9 @@ from typing import IO, cast
 
 import zstandard
 
+from rafs.codecs import ZSTD_MAGIC
+
 GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class _Prefixed:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import BinaryIO
 
-from rafs.codecs import decompress
+import zstandard
+
+from rafs.codecs import ZSTD_MAGIC, decompress
 from rafs.errors import FormatError, NotFound
 from rafs.format.blobtable import Compressor
 from rafs.format.toc import (
@@ -89,6 +91,17 @@ def _find_by_headers(f: BinaryIO, name: bytes, where: str) -> tuple[int, int]:
     raise NotFound(f"{where}: no {name.decode()} section in the layer")
 
 
+def _maybe_zstd(data: bytes, where: str) -> bytes:
+    """Without a ToC nothing says how a section is stored: a zstd frame is decompressed
+    (layers whose ToC is lost), anything else is taken as raw (pre-ToC builders)."""
+    if not data.startswith(ZSTD_MAGIC):
+        return data
+    try:
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_SECTION_SIZE)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{where}: corrupt zstd data: {exc}") from None
+
+
 def read_section(f: BinaryIO, name: bytes, where: str) -> bytes:
     """The uncompressed bytes of a named section, its digest verified when the ToC has one."""
     entries = read_toc(f, where)
@@ -96,7 +109,7 @@ def read_section(f: BinaryIO, name: bytes, where: str) -> bytes:
         offset, size = _find_by_headers(f, name, where)
         if size > MAX_SECTION_SIZE:
             raise FormatError(f"{where}: section {name.decode()} of {size} bytes is too large")
-        return _read_at(f, offset, size, where)
+        return _maybe_zstd(_read_at(f, offset, size, where), f"{where}: section {name.decode()}")
     for entry in entries:
         if entry.section == name:
             break
