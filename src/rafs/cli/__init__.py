@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rafs import __version__
-from rafs.cli import build, merge, read, unpack
+from rafs.cli import build, content, merge, read, unpack
 from rafs.errors import RafsError
 
 EXIT_OS_ERROR = 11
@@ -30,6 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
     merge.register(commands)
     read.register(commands)
     unpack.register(commands)
+    content.register(commands)
     return parser
 
 
