@@ -130,6 +130,20 @@ class ReaderAt(Protocol):
     ) -> None: ...  # fmt: skip
 
 
+class ClosesOnExit:
+    """Mixin: leaving a `with` block calls `close()`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+
 class Writer(Protocol):
     """One open ingest. Leaving the context closes it (progress kept, lock released)."""
 

@@ -41,10 +41,16 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from rafs.content import HasDigest, Info, Status, apply_label_update, digest_of, validate_labels
+from rafs.content import (
+    ClosesOnExit,
+    HasDigest,
+    Info,
+    Status,
+    apply_label_update,
+    digest_of,
+    validate_labels,
+)
 from rafs.content.filters import info_lookup, matcher, status_lookup
 from rafs.digest import Digest, Digester
 from rafs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -157,7 +163,7 @@ class _Labels:
                 db.execute("DELETE FROM updated WHERE digest=?", (digest,))
 
 
-class LocalReader:
+class LocalReader(ClosesOnExit):
     """A committed blob opened once; `read_at` is `pread`."""
 
     def __init__(self, path: Path, digest: Digest) -> None:
@@ -190,15 +196,9 @@ class LocalReader:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
 
 
-class LocalWriter:
+class LocalWriter(ClosesOnExit):
     """One ingest, holding its directory's lock until commit or close."""
 
     def __init__(self, store: LocalStore, ref: str, path: Path, lock_fd: int,
@@ -363,12 +363,6 @@ class LocalWriter:
         finally:
             self._release()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
 
 
 class LocalStore:

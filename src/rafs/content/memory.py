@@ -10,10 +10,16 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
 
-from rafs.content import HasDigest, Info, Status, apply_label_update, digest_of, validate_labels
+from rafs.content import (
+    ClosesOnExit,
+    HasDigest,
+    Info,
+    Status,
+    apply_label_update,
+    digest_of,
+    validate_labels,
+)
 from rafs.content.filters import info_lookup, matcher, status_lookup
 from rafs.digest import Digest, Digester
 from rafs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -32,7 +38,7 @@ class _Ingest:
     data: bytearray = field(default_factory=bytearray)
 
 
-class MemoryReader:
+class MemoryReader(ClosesOnExit):
     def __init__(self, data: bytes) -> None:
         self._data: bytes | None = data
 
@@ -53,15 +59,9 @@ class MemoryReader:
     def close(self) -> None:
         self._data = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
 
 
-class MemoryWriter:
+class MemoryWriter(ClosesOnExit):
     def __init__(self, store: MemoryStore, ingest: _Ingest, expected: Digest | None) -> None:
         self._store = store
         self._ingest = ingest
@@ -137,12 +137,6 @@ class MemoryWriter:
         with self._store._lock:
             self._release()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
 
 
 class MemoryStore:
