@@ -56,18 +56,6 @@ def new_directory(mode: int = 0o755) -> Inode:
     return Inode(mode=stat.S_IFDIR | mode)
 
 
-def walk(root: Inode, prefix: bytes = b"/") -> Iterator[tuple[bytes, Inode]]:
-    """Every (path, inode) in depth-first name order, the root first."""
-    yield prefix, root
-    for name in sorted(root.children):
-        child = root.children[name]
-        path = prefix + name if prefix.endswith(b"/") else prefix + b"/" + name
-        if child.is_dir:
-            yield from walk(child, path)
-        else:
-            yield path, child
-
-
 def relabel_blobs(root: Inode, mapping: dict[int, int]) -> None:
     """Give every chunk in the tree the blob index `mapping` assigns to its current one."""
     if all(old == new for old, new in mapping.items()):

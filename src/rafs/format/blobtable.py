@@ -122,10 +122,6 @@ class BlobEntry(Record):
     def id(self) -> str:
         return decode_blob_id(self.blob_id, f"blob {self.blob_index}")
 
-    @property
-    def feature_flags(self) -> BlobFeatures:
-        return BlobFeatures(self.features & _KNOWN_FEATURES)
-
     def validate(self) -> None:
         """The checks of `RafsV6Blob::validate` that apply to what this package reads."""
         where = f"blob {self.blob_index}"
