@@ -187,6 +187,55 @@ def test_local_busy_ref_across_processes(tmp_path: Path) -> None:
     assert out.strip() == "unavailable"
 
 
+def test_local_writer_killed_fifty_times_resumes(tmp_path: Path) -> None:
+    """A writer SIGKILLed 50 times, between writes or racing one: no blob ever appears, the
+    ingest data is always a prefix of the source, and a last writer resumes and commits.
+
+    The victim writes one 64 KiB piece per line it reads, so the parent chooses how far each
+    life gets; the data is large enough that 50 short lives never finish it."""
+    piece = 64 << 10
+    data = random.Random(5).randbytes(256 * piece)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    code = f"""
+        from rafs.content import open_writer
+        data = open(sys.argv[2], "rb").read()
+        w = open_writer(store, "victim", total=len(data))
+        off = w.status().offset
+        print(off, flush=True)
+        for _ in sys.stdin:
+            w.write(data[off : off + {piece}])
+            off += {piece}
+            print("w", flush=True)
+    """
+    rng = random.Random(13)
+    for _ in range(50):
+        proc = child(code, str(root), str(source))
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdout.readline()  # the lock is held and the offset known
+        for _ in range(rng.randint(0, 3)):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            proc.stdout.readline()
+        if rng.random() < 0.5:  # race a write in progress
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        blobs = root / "blobs" / "sha256"
+        assert not blobs.exists() or not any(blobs.iterdir())
+        written = (store.ingest_path("victim") / "data").read_bytes()
+        assert written == data[: len(written)]
+    with store.writer("victim") as w:
+        offset = w.status().offset
+        assert 0 < offset < len(data) and w.digest() == sha(data[:offset])
+        w.write(data[offset:])
+        w.commit(len(data), sha(data))
+    assert read_blob(store, sha(data)) == data
+
+
 def test_local_sigkill_at_random_points(tmp_path: Path) -> None:
     """SIGKILL a writer at random points (mid-write, mid-commit) until one gets through.
 
