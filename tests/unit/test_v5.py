@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import stat
 import struct
 import time
@@ -476,7 +477,7 @@ def test_bit_flips_give_only_rafs_errors(fuzz_image: tuple[bytes, Path]) -> None
 
 def test_random_field_values_give_only_rafs_errors(fuzz_image: tuple[bytes, Path]) -> None:
     data, blob_dir = fuzz_image
-    rng = __import__("random").Random(5)
+    rng = random.Random(5)
     for _ in range(400):
         corrupt = bytearray(data)
         position = rng.randrange(RAFSV5_SUPERBLOCK_SIZE - 80, len(data) - 4)
