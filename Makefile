@@ -6,20 +6,33 @@ VENV := .venv
 BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed
 
+# containerd gRPC stubs: generated from our .proto files by grpcio-tools (dev extra), not
+# committed; rafs.content.containerd imports them from there.
+PROTO_DIR := src/rafs/content/protos
+GEN_DIR := src/rafs/content/_gen
+PROTOS := $(shell find $(PROTO_DIR) -name '*.proto')
+GEN_STAMP := $(GEN_DIR)/.generated
+
 # Debian packages the tests and the demo need; later work appends to this one list.
-APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci
+APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci containerd
 
 # Lint what exists: a fresh clone has no empty folders.
 LINT_PATHS := $(wildcard src tests bench)
 
 .PHONY: venv apt demo lint test
 
-venv: $(VENV_STAMP)
+venv: $(VENV_STAMP) $(GEN_STAMP)
 
-# Re-installs whenever pyproject.toml changes.
+# Re-installs whenever pyproject.toml changes; regenerates stubs when a .proto changes.
 $(VENV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(GEN_STAMP): $(VENV_STAMP) $(PROTOS)
+	rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
+	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(GEN_DIR) \
+		--pyi_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) $(PROTOS)
 	touch $@
 
 # Installs only what is missing (not fully installed per dpkg), so it costs nothing once done.
