@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -385,7 +386,9 @@ def test_local_sigkill_at_random_points(tmp_path: Path) -> None:
     """SIGKILL a writer at random points (mid-write, mid-commit) until one gets through.
 
     After every kill: no blob but the complete, verified one is ever visible; the ingest's
-    data is a prefix of the source and the next writer resumes from it.
+    data is a prefix of the source and the next writer resumes from it. The victim takes one
+    step (a 64 KiB write, or the commit) per line it reads, so how far each life gets is the
+    parent's choice, not the machine's speed.
     """
     chunk = 64 << 10
     data = random.Random(7).randbytes(24 * chunk)
@@ -400,10 +403,11 @@ def test_local_sigkill_at_random_points(tmp_path: Path) -> None:
         off = w.status().offset
         print(off, flush=True)
         while off < len(data):
+            sys.stdin.readline()
             w.write(data[off : off + {chunk}])
             off += {chunk}
             print("w", flush=True)
-        print("c", flush=True)
+        sys.stdin.readline()
         try:
             w.commit(len(data), sys.argv[3])
         except AlreadyExists:
@@ -414,10 +418,16 @@ def test_local_sigkill_at_random_points(tmp_path: Path) -> None:
     kills = 0
     for _ in range(50):
         proc = child(code, str(root), str(source), sha(data))
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stdin is not None
         proc.stdout.readline()  # lock held, offset known
-        for _ in range(rng.randint(0, 3)):
+        for _ in range(rng.randint(0, 3)):  # steps that complete
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
             proc.stdout.readline()
+        proc.stdin.write("go\n")  # a step the kill races: a write, or the commit
+        proc.stdin.flush()
+        if rng.random() < 0.5:
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         kills += "done" not in out
