@@ -7,6 +7,9 @@
     rafs content --store DIR label DIGEST K=V...   set labels; `K=` removes K
     rafs content --store DIR rm DIGEST...
 
+`--containerd SOCKET [--namespace NS]` instead of `--store DIR` works on a running
+containerd's content store, through its gRPC API.
+
 `ingest` (FILE `-` is stdin) restarts any stale ingest under its ref, since nothing would
 check a resumed prefix against the file. If the blob is already present that is success,
 and the `--label`s are then set on the existing blob.
@@ -23,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rafs.content import Info, open_writer
+from rafs.content import Info, Store, open_writer
 from rafs.content.local import LocalStore
 from rafs.errors import AlreadyExists, InvalidArgument
 
@@ -36,8 +39,13 @@ def register(commands: Any) -> None:
         description="Inspect and edit a containerd-layout content store "
         "(DIR/blobs/sha256/HEX, DIR/ingest/...).",
     )  # fmt: skip
-    content.add_argument("--store", type=Path, required=True, metavar="DIR",
-                         help="content store root (created by ingest)")  # fmt: skip
+    where = content.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, metavar="DIR",
+                       help="content store root (created by ingest)")  # fmt: skip
+    where.add_argument("--containerd", type=Path, metavar="SOCKET",
+                       help="a running containerd's gRPC socket")  # fmt: skip
+    content.add_argument("--namespace", default="default",
+                         help="containerd namespace (default: default)")  # fmt: skip
     sub = content.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
     ls = sub.add_parser("ls", help="list blobs: digest, size, labels")
     ls.add_argument("filters", nargs="*", metavar="FILTER",
@@ -75,7 +83,11 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
-def _open(args: argparse.Namespace, create: bool = False) -> LocalStore:
+def _open(args: argparse.Namespace, create: bool = False) -> Store:
+    if args.containerd is not None:
+        from rafs.content.containerd import ContainerdStore  # grpc loads only when asked
+
+        return ContainerdStore(args.containerd, args.namespace)
     return LocalStore(args.store, create=create)
 
 
