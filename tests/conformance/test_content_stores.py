@@ -333,43 +333,69 @@ def test_local_busy_ref_across_processes(tmp_path: Path) -> None:
     assert out.strip() == "unavailable"
 
 
+_PIECE = 64 << 10
+# A writer that takes one step per line it reads: a 64 KiB write, and after the last piece
+# the commit. So how far each of its lives gets is the parent's choice, not machine speed.
+_STEPPED_VICTIM = f"""
+    from rafs.content import open_writer
+    data = open(sys.argv[2], "rb").read()
+    w = open_writer(store, "victim", total=len(data))
+    off = w.status().offset
+    print(off, flush=True)
+    while off < len(data):
+        sys.stdin.readline()
+        w.write(data[off : off + {_PIECE}])
+        off += {_PIECE}
+        print("w", flush=True)
+    sys.stdin.readline()
+    try:
+        w.commit(len(data), sys.argv[3])
+    except AlreadyExists:
+        pass
+    print("done", flush=True)
+"""
+
+
+def _kill_after_some_steps(proc: subprocess.Popen[str], rng: random.Random) -> bool:
+    """Let the victim complete 0-3 steps, start one more and SIGKILL it, racing that step.
+    Returns whether the victim committed before the kill."""
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.readline()  # the lock is held and the offset known
+    finished = False
+    for _ in range(rng.randint(0, 3)):
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().startswith("done"):
+            finished = True
+            break
+    if not finished:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        if rng.random() < 0.5:
+            time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    return finished or "done" in out
+
+
+def _victim_source(tmp_path: Path, pieces: int, seed: int) -> tuple[bytes, Path]:
+    data = random.Random(seed).randbytes(pieces * _PIECE)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    return data, source
+
+
 def test_local_writer_killed_fifty_times_resumes(tmp_path: Path) -> None:
     """A writer SIGKILLed 50 times, between writes or racing one: no blob ever appears, the
     ingest data is always a prefix of the source, and a last writer resumes and commits.
-
-    The victim writes one 64 KiB piece per line it reads, so the parent chooses how far each
-    life gets; the data is large enough that 50 short lives never finish it."""
-    piece = 64 << 10
-    data = random.Random(5).randbytes(256 * piece)
-    source = tmp_path / "source"
-    source.write_bytes(data)
+    The data is large enough that 50 short lives never finish it."""
+    data, source = _victim_source(tmp_path, 256, seed=5)
     root = tmp_path / "store"
     store = LocalStore(root)
-    code = f"""
-        from rafs.content import open_writer
-        data = open(sys.argv[2], "rb").read()
-        w = open_writer(store, "victim", total=len(data))
-        off = w.status().offset
-        print(off, flush=True)
-        for _ in sys.stdin:
-            w.write(data[off : off + {piece}])
-            off += {piece}
-            print("w", flush=True)
-    """
     rng = random.Random(13)
     for _ in range(50):
-        proc = child(code, str(root), str(source))
-        assert proc.stdout is not None and proc.stdin is not None
-        proc.stdout.readline()  # the lock is held and the offset known
-        for _ in range(rng.randint(0, 3)):
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            proc.stdout.readline()
-        if rng.random() < 0.5:  # race a write in progress
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        proc = child(_STEPPED_VICTIM, str(root), str(source), sha(data))
+        assert not _kill_after_some_steps(proc, rng)
         blobs = root / "blobs" / "sha256"
         assert not blobs.exists() or not any(blobs.iterdir())
         written = (store.ingest_path("victim") / "data").read_bytes()
@@ -386,56 +412,16 @@ def test_local_sigkill_at_random_points(tmp_path: Path) -> None:
     """SIGKILL a writer at random points (mid-write, mid-commit) until one gets through.
 
     After every kill: no blob but the complete, verified one is ever visible; the ingest's
-    data is a prefix of the source and the next writer resumes from it. The victim takes one
-    step (a 64 KiB write, or the commit) per line it reads, so how far each life gets is the
-    parent's choice, not the machine's speed.
+    data is a prefix of the source and the next writer resumes from it.
     """
-    chunk = 64 << 10
-    data = random.Random(7).randbytes(24 * chunk)
-    source = tmp_path / "source"
-    source.write_bytes(data)
+    data, source = _victim_source(tmp_path, 24, seed=7)
     root = tmp_path / "store"
     store = LocalStore(root)
-    code = f"""
-        from rafs.content import open_writer
-        data = open(sys.argv[2], "rb").read()
-        w = open_writer(store, "victim", total=len(data))
-        off = w.status().offset
-        print(off, flush=True)
-        while off < len(data):
-            sys.stdin.readline()
-            w.write(data[off : off + {chunk}])
-            off += {chunk}
-            print("w", flush=True)
-        sys.stdin.readline()
-        try:
-            w.commit(len(data), sys.argv[3])
-        except AlreadyExists:
-            pass
-        print("done", flush=True)
-    """
     rng = random.Random(11)
     kills = 0
     for _ in range(50):
-        proc = child(code, str(root), str(source), sha(data))
-        assert proc.stdout is not None and proc.stdin is not None
-        proc.stdout.readline()  # lock held, offset known
-        finished = ""
-        for _ in range(rng.randint(0, 3)):  # steps that complete
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            if proc.stdout.readline().startswith("done"):
-                finished = "done"
-                break
-        if not finished:
-            proc.stdin.write("go\n")  # a step the kill races: a write, or the commit
-            proc.stdin.flush()
-            if rng.random() < 0.5:
-                time.sleep(0.001)
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
-        out = finished + out
-        kills += "done" not in out
+        proc = child(_STEPPED_VICTIM, str(root), str(source), sha(data))
+        kills += not _kill_after_some_steps(proc, rng)
         blobs = list((root / "blobs" / "sha256").glob("*")) if (root / "blobs").exists() else []
         for blob in blobs:  # anything visible is complete and verified
             assert blob.name == sha(data).hex
