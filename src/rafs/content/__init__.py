@@ -221,7 +221,7 @@ class Store(Provider, Ingester, Manager, IngestManager, Protocol):
     """Everything a content store does."""
 
 
-from rafs.content.helpers import exists, open_writer, read_blob, write_blob  # noqa: E402
+from rafs.content.helpers import as_file, exists, open_writer, read_blob, write_blob  # noqa: E402
 
 __all__ = [
     "EPOCH",
@@ -237,6 +237,7 @@ __all__ = [
     "Store",
     "Writer",
     "apply_label_update",
+    "as_file",
     "digest_of",
     "exists",
     "open_writer",

@@ -6,20 +6,22 @@
   offset (the stream is sought, or read and discarded); `AlreadyExists`, at open or at commit,
   is success.
 - `read_blob` and `exists` are the obvious conveniences.
+- `as_file` gives a `ReaderAt` the seekable file interface that parsers and tar readers want.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from rafs.digest import Digest
 from rafs.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
 if TYPE_CHECKING:
-    from rafs.content import HasDigest, Ingester, Manager, Provider, Writer
+    from rafs.content import HasDigest, Ingester, Manager, Provider, ReaderAt, Writer
 
 _BLOCK = 1 << 20
 
@@ -98,3 +100,39 @@ def exists(manager: Manager, target: str | HasDigest) -> bool:
     except NotFound:
         return False
     return True
+
+
+class _RawReaderAt(io.RawIOBase):
+    """The raw, seekable byte stream of a `ReaderAt` (not closing it)."""
+
+    def __init__(self, reader: ReaderAt) -> None:
+        self._reader = reader
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._reader.read_at(self._position, len(buffer))
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._reader.size}
+        position = base[whence] + offset
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._position = position
+        return position
+
+    def tell(self) -> int:
+        return self._position
+
+
+def as_file(reader: ReaderAt) -> BinaryIO:
+    """A buffered, seekable file over `reader`; closing it leaves `reader` open."""
+    return cast(BinaryIO, io.BufferedReader(_RawReaderAt(reader), buffer_size=_BLOCK))

@@ -1,0 +1,159 @@
+"""Layer compressions, and converting a stored layer blob from one to another.
+
+A layer can be kept as an uncompressed tar, a gzip or zstd tar, or a Nydus layer (BuildKit
+`util/compression`). A descriptor *is* of a compression when its media type says so; for
+Nydus the descriptor must also carry `containerd.io/snapshot/nydus-blob: "true"` (`Is()` in
+BuildKit's nydus type), so a bootstrap layer or a foreign blob never passes for a Nydus layer.
+
+`convert_blob` is BuildKit's `util/converter`: read the source blob from the store, undo its
+compression, apply the target's, and commit the result under the ingest ref
+`convert-from-<digest>-to-<type>-<random>` (truncated first: a stale ingest is never
+resumed). The new descriptor's `containerd.io/uncompressed` annotation (also a content
+label) is the diffID of the tar - except for Nydus, whose finalizer sets it to the Nydus
+blob's own digest and adds `nydus-blob: "true"`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import secrets
+import tempfile
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import IO, BinaryIO, cast
+
+import zstandard
+
+from rafs.api import pack, unpack
+from rafs.builder.source import open_tar_stream
+from rafs.cache._tmp_oci import (
+    ANNOTATION_NYDUS_BLOB,
+    ANNOTATION_UNCOMPRESSED,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
+    LAYER,
+    LAYER_GZIP,
+    LAYER_ZSTD,
+    NYDUS_BLOB,
+    Descriptor,
+)
+from rafs.content import Store, as_file, exists, open_writer
+from rafs.digest import Digest
+from rafs.errors import AlreadyExists, InvalidArgument
+
+_BLOCK = 1 << 20
+GZIP_LEVEL = 6  # Go's gzip.DefaultCompression
+ZSTD_LEVEL = 3  # zstd's default, as BuildKit's
+
+
+class Compression(StrEnum):
+    UNCOMPRESSED = "uncompressed"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    NYDUS = "nydus"
+
+    @classmethod
+    def parse(cls, name: str) -> Compression:
+        try:
+            return cls(name)
+        except ValueError:
+            raise InvalidArgument(f"unknown compression {name!r} (one of "
+                                  f"{', '.join(c.value for c in cls)})") from None  # fmt: skip
+
+
+_MEDIA_TYPES = {
+    LAYER: Compression.UNCOMPRESSED, DOCKER_LAYER: Compression.UNCOMPRESSED,
+    LAYER_GZIP: Compression.GZIP, DOCKER_LAYER_GZIP: Compression.GZIP,
+    LAYER_ZSTD: Compression.ZSTD, DOCKER_LAYER_ZSTD: Compression.ZSTD,
+    NYDUS_BLOB: Compression.NYDUS,
+}  # fmt: skip
+_OCI_MEDIA_TYPE = {Compression.UNCOMPRESSED: LAYER, Compression.GZIP: LAYER_GZIP,
+                   Compression.ZSTD: LAYER_ZSTD, Compression.NYDUS: NYDUS_BLOB}  # fmt: skip
+_DOCKER_MEDIA_TYPE = {
+    Compression.UNCOMPRESSED: DOCKER_LAYER, Compression.GZIP: DOCKER_LAYER_GZIP,
+    Compression.ZSTD: DOCKER_LAYER_ZSTD, Compression.NYDUS: NYDUS_BLOB,
+}  # fmt: skip
+
+
+def compression_of(desc: Descriptor) -> Compression | None:
+    """The compression a layer descriptor claims, or None for a non-layer media type."""
+    compression = _MEDIA_TYPES.get(desc.media_type)
+    if compression is Compression.NYDUS and desc.annotations.get(ANNOTATION_NYDUS_BLOB) != "true":
+        return None
+    return compression
+
+
+def media_type_for(compression: Compression, like: str) -> str:
+    """The media type of `compression` in the family (Docker or OCI) of media type `like`."""
+    family = _DOCKER_MEDIA_TYPE if like.startswith("application/vnd.docker.") else _OCI_MEDIA_TYPE
+    return family[compression]
+
+
+def is_usable(store: Store, desc: Descriptor, compression: Compression) -> bool:
+    """Whether `desc` already is a stored blob of `compression` (BuildKit `!NeedsConversion`)."""
+    return compression_of(desc) is compression and exists(store, desc.digest)
+
+
+def convert_blob(store: Store, source: Descriptor, target: Compression) -> Descriptor:
+    """Store `source`'s layer again with `target` compression; returns the new descriptor."""
+    from_compression = compression_of(source)
+    if from_compression is None:
+        raise InvalidArgument(f"blob {source.digest}: media type {source.media_type!r} "
+                              "is not a layer compression this cache converts")  # fmt: skip
+    ref = f"convert-from-{source.digest}-to-{target.value}-{secrets.token_hex(8)}"
+    with store.reader_at(source.digest) as reader, _tar_of(
+        as_file(reader), from_compression, source.digest
+    ) as tar, open_writer(store, ref) as writer:  # fmt: skip
+        writer.truncate(0)
+        if target is Compression.NYDUS:
+            pack(tar, cast(BinaryIO, writer))
+            diff_id = writer.digest()
+            annotations = {ANNOTATION_UNCOMPRESSED: diff_id, ANNOTATION_NYDUS_BLOB: "true"}
+        else:
+            diff_id = _compress(tar, cast(BinaryIO, writer), target)
+            annotations = {ANNOTATION_UNCOMPRESSED: diff_id}
+        digest = writer.digest()
+        size = writer.status().offset
+        with contextlib.suppress(AlreadyExists):
+            writer.commit(size, digest, {ANNOTATION_UNCOMPRESSED: diff_id})
+    return Descriptor(media_type_for(target, source.media_type), digest, size, annotations)
+
+
+@contextlib.contextmanager
+def _tar_of(blob: BinaryIO, compression: Compression, name: str) -> Iterator[IO[bytes]]:
+    """The uncompressed tar stream of a layer blob (a Nydus layer is unpacked to a spool)."""
+    if compression is not Compression.NYDUS:
+        yield open_tar_stream(blob)
+        return
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+        unpack(blob, cast(BinaryIO, spool))
+        spool.seek(0)
+        yield cast(IO[bytes], spool)
+
+
+def _compress(tar: IO[bytes], out: BinaryIO, target: Compression) -> Digest:
+    """Copy `tar` into `out` with `target` compression; returns the tar's sha256 digest."""
+    diff = hashlib.sha256()
+    with _compressor(out, target) as sink:
+        while block := tar.read(_BLOCK):
+            diff.update(block)
+            sink.write(block)
+    return Digest.from_hex(diff.hexdigest())
+
+
+@contextlib.contextmanager
+def _compressor(out: BinaryIO, target: Compression) -> Iterator[IO[bytes]]:
+    if target is Compression.UNCOMPRESSED:
+        yield out
+    elif target is Compression.GZIP:
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=out,
+                           mtime=0) as sink:  # fmt: skip
+            yield cast(IO[bytes], sink)
+    else:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        with compressor.stream_writer(out, closefd=False) as sink:
+            yield cast(IO[bytes], sink)
+
