@@ -14,7 +14,7 @@ PROTOS := $(shell find $(PROTO_DIR) -name '*.proto')
 GEN_STAMP := $(GEN_DIR)/.generated
 
 # Debian packages the tests and the demo need; later work appends to this one list.
-APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci containerd
+APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci containerd docker-registry skopeo libfuse3-dev pkg-config fuse3
 
 # Lint what exists: a fresh clone has no empty folders.
 LINT_PATHS := $(wildcard src tests bench)
@@ -47,7 +47,7 @@ apt:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-demo: venv
+demo: apt venv
 	bash scripts/demo.sh
 
 lint: venv

@@ -23,6 +23,9 @@ from rafs.format.blobtable import Compressor, Digester
 
 ZSTD_LEVEL = 3
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # first bytes of every zstd frame
+GZIP_MAGIC = b"\x1f\x8b"  # first bytes of every gzip member
+ZSTD_PIECE = 16 << 20  # zstd output allocated at once at most (the largest chunk)
+LZ4_MAX_RATIO = 255  # an LZ4 block never expands more (one length byte adds 255 bytes)
 COMPRESSOR_NAMES = {"none": Compressor.NONE, "lz4_block": Compressor.LZ4_BLOCK,
                     "zstd": Compressor.ZSTD}  # fmt: skip
 DIGESTER_NAMES = {"blake3": Digester.BLAKE3, "sha256": Digester.SHA256}
@@ -55,12 +58,43 @@ def compress(data: bytes, algo: Compressor) -> bytes:
     raise InvalidArgument(f"compressor {algo.name} cannot be used to write")
 
 
+def zstd_bounded(data: bytes, limit: int) -> bytes:
+    """The first zstd frame of `data`, decompressed piece by piece: memory follows the real
+    output, never a size field (a frame header may claim any size, or none, and zstandard
+    allocates what it claims up front); more than `limit` bytes is a `FormatError`."""
+    parts = []
+    total = 0
+    try:
+        with _zstd_decompressor().stream_reader(data) as reader:
+            while piece := reader.read(ZSTD_PIECE):
+                total += len(piece)
+                if total > limit:
+                    raise FormatError(f"zstd data decompresses to more than {limit} bytes")
+                parts.append(piece)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"corrupt compressed data: {exc}") from None
+    return b"".join(parts)
+
+
 def decompress(data: bytes, algo: int, size: int) -> bytes:
-    """Decompress to exactly `size` bytes; a `FormatError` if the data is corrupt."""
+    """Decompress to exactly `size` bytes; a `FormatError` if the data is corrupt.
+
+    `size` comes from the input, so it only bounds the output: beyond ZSTD_PIECE it is never
+    allocated up front (zstd is streamed, LZ4 is refused past its maximum ratio).
+    """
     try:
         if algo == Compressor.ZSTD:
-            out = _zstd_decompressor().decompress(data, max_output_size=size)
+            # zstandard allocates what a frame header claims, whatever max_output_size says.
+            claimed = zstandard.frame_content_size(data)
+            if claimed not in (-1, size):
+                raise FormatError(f"zstd frame holds {claimed} bytes, expected {size}")
+            if size > ZSTD_PIECE:
+                out = zstd_bounded(data, size)
+            else:
+                out = _zstd_decompressor().decompress(data, max_output_size=size)
         elif algo == Compressor.LZ4_BLOCK:
+            if size > LZ4_MAX_RATIO * len(data) + 16:
+                raise FormatError(f"{len(data)} bytes of LZ4 cannot hold {size} bytes")
             out = lz4.block.decompress(data, uncompressed_size=size)
         elif algo == Compressor.NONE:
             out = data

@@ -18,13 +18,15 @@ import pytest
 import zstandard
 
 from rafs.cache import CacheManager, Compression, ImmutableRef, merge_nydus
-from rafs.cache._tmp_oci import LAYER_GZIP, NYDUS_BLOB, Descriptor
 from rafs.cache.variants import MEDIA_TYPE_LABEL, VARIANT_LABEL_PREFIX
 from rafs.content import Store, read_blob, write_blob
 from rafs.content.local import LocalStore
 from rafs.content.memory import MemoryStore
 from rafs.digest import Digest, chain_id
 from rafs.errors import InvalidArgument, NotFound
+from rafs.oci import Descriptor
+from rafs.oci.constants import NYDUS_BLOB
+from rafs.oci.constants import OCI_LAYER_GZIP as LAYER_GZIP
 from rafs.reader.artifact import open_artifact_reader
 from rafs.reader.blobs import read_file
 from tests.support.tarballs import make_tar

@@ -7,9 +7,7 @@ from typing import IO, cast
 
 import zstandard
 
-from rafs.codecs import ZSTD_MAGIC
-
-GZIP_MAGIC = b"\x1f\x8b"
+from rafs.codecs import GZIP_MAGIC, ZSTD_MAGIC
 
 
 class _Prefixed:

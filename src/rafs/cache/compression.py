@@ -28,21 +28,11 @@ import zstandard
 
 from rafs.api import pack, unpack
 from rafs.builder.source import open_tar_stream
-from rafs.cache._tmp_oci import (
-    ANNOTATION_NYDUS_BLOB,
-    ANNOTATION_UNCOMPRESSED,
-    DOCKER_LAYER,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_ZSTD,
-    LAYER,
-    LAYER_GZIP,
-    LAYER_ZSTD,
-    NYDUS_BLOB,
-    Descriptor,
-)
 from rafs.content import Store, as_file, exists, open_writer
 from rafs.digest import Digest
 from rafs.errors import AlreadyExists, InvalidArgument
+from rafs.oci import Descriptor
+from rafs.oci import constants as mt
 
 _BLOCK = 1 << 20
 GZIP_LEVEL = 6  # Go's gzip.DefaultCompression
@@ -65,23 +55,26 @@ class Compression(StrEnum):
 
 
 _MEDIA_TYPES = {
-    LAYER: Compression.UNCOMPRESSED, DOCKER_LAYER: Compression.UNCOMPRESSED,
-    LAYER_GZIP: Compression.GZIP, DOCKER_LAYER_GZIP: Compression.GZIP,
-    LAYER_ZSTD: Compression.ZSTD, DOCKER_LAYER_ZSTD: Compression.ZSTD,
-    NYDUS_BLOB: Compression.NYDUS,
+    mt.OCI_LAYER: Compression.UNCOMPRESSED, mt.DOCKER_LAYER: Compression.UNCOMPRESSED,
+    mt.OCI_LAYER_GZIP: Compression.GZIP, mt.DOCKER_LAYER_GZIP: Compression.GZIP,
+    mt.OCI_LAYER_ZSTD: Compression.ZSTD,
+    mt.NYDUS_BLOB: Compression.NYDUS,
 }  # fmt: skip
-_OCI_MEDIA_TYPE = {Compression.UNCOMPRESSED: LAYER, Compression.GZIP: LAYER_GZIP,
-                   Compression.ZSTD: LAYER_ZSTD, Compression.NYDUS: NYDUS_BLOB}  # fmt: skip
+_OCI_MEDIA_TYPE = {
+    Compression.UNCOMPRESSED: mt.OCI_LAYER, Compression.GZIP: mt.OCI_LAYER_GZIP,
+    Compression.ZSTD: mt.OCI_LAYER_ZSTD, Compression.NYDUS: mt.NYDUS_BLOB,
+}  # fmt: skip
 _DOCKER_MEDIA_TYPE = {
-    Compression.UNCOMPRESSED: DOCKER_LAYER, Compression.GZIP: DOCKER_LAYER_GZIP,
-    Compression.ZSTD: DOCKER_LAYER_ZSTD, Compression.NYDUS: NYDUS_BLOB,
+    Compression.UNCOMPRESSED: mt.DOCKER_LAYER, Compression.GZIP: mt.DOCKER_LAYER_GZIP,
+    Compression.ZSTD: mt.OCI_LAYER_ZSTD, Compression.NYDUS: mt.NYDUS_BLOB,  # no Docker zstd type
 }  # fmt: skip
 
 
 def compression_of(desc: Descriptor) -> Compression | None:
     """The compression a layer descriptor claims, or None for a non-layer media type."""
     compression = _MEDIA_TYPES.get(desc.media_type)
-    if compression is Compression.NYDUS and desc.annotations.get(ANNOTATION_NYDUS_BLOB) != "true":
+    nydus_blob = desc.annotations.get(mt.NYDUS_BLOB_ANNOTATION) == "true"
+    if compression is Compression.NYDUS and not nydus_blob:
         return None
     return compression
 
@@ -111,14 +104,14 @@ def convert_blob(store: Store, source: Descriptor, target: Compression) -> Descr
         if target is Compression.NYDUS:
             pack(tar, cast(BinaryIO, writer))
             diff_id = writer.digest()
-            annotations = {ANNOTATION_UNCOMPRESSED: diff_id, ANNOTATION_NYDUS_BLOB: "true"}
+            annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id, mt.NYDUS_BLOB_ANNOTATION: "true"}
         else:
             diff_id = _compress(tar, cast(BinaryIO, writer), target)
-            annotations = {ANNOTATION_UNCOMPRESSED: diff_id}
+            annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id}
         digest = writer.digest()
         size = writer.status().offset
         with contextlib.suppress(AlreadyExists):
-            writer.commit(size, digest, {ANNOTATION_UNCOMPRESSED: diff_id})
+            writer.commit(size, digest, {mt.ANNOTATION_UNCOMPRESSED: diff_id})
     return Descriptor(media_type_for(target, source.media_type), digest, size, annotations)
 
 

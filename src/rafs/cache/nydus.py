@@ -27,18 +27,14 @@ import hashlib
 from typing import BinaryIO, cast
 
 from rafs.api import Layer, MergeOption, merge
-from rafs.cache._tmp_oci import (
-    ANNOTATION_NYDUS_BOOTSTRAP,
-    ANNOTATION_UNCOMPRESSED,
-    LAYER_GZIP,
-    Descriptor,
-)
 from rafs.cache.compression import GZIP_LEVEL, Compression
 from rafs.cache.refs import ImmutableRef
 from rafs.cache.variants import descriptor_labels
 from rafs.content import Info, Store, as_file, open_writer
 from rafs.digest import Digest
 from rafs.errors import AlreadyExists, InvalidArgument
+from rafs.oci import Descriptor
+from rafs.oci import constants as mt
 
 
 class _TeeToGzip:
@@ -74,9 +70,9 @@ def merge_nydus(ref: object, compression: Compression = Compression.NYDUS) -> De
             layers.append(Layer(desc.digest, as_file(reader), f"layer {desc.digest}"))
         digest, diff_id = _write_merged(store, f"nydus-merge-{ref.chain_id}", layers)
     size = store.info(digest).size
-    desc = Descriptor(LAYER_GZIP, digest, size, {ANNOTATION_UNCOMPRESSED: diff_id,
-                                                 ANNOTATION_NYDUS_BOOTSTRAP: "true"})  # fmt: skip
-    labels = {ANNOTATION_UNCOMPRESSED: diff_id, **descriptor_labels(desc)}
+    annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id, mt.NYDUS_BOOTSTRAP_ANNOTATION: "true"}
+    desc = Descriptor(mt.OCI_LAYER_GZIP, digest, size, annotations)
+    labels = {mt.ANNOTATION_UNCOMPRESSED: diff_id, **descriptor_labels(desc)}
     store.update(Info(digest, labels=labels), *(f"labels.{key}" for key in labels))
     return desc
 
@@ -90,5 +86,5 @@ def _write_merged(store: Store, ref: str, layers: list[Layer]) -> tuple[Digest, 
         diff_id = tee.close()
         digest = writer.digest()
         with contextlib.suppress(AlreadyExists):
-            writer.commit(0, digest, {ANNOTATION_UNCOMPRESSED: diff_id})
+            writer.commit(0, digest, {mt.ANNOTATION_UNCOMPRESSED: diff_id})
     return digest, diff_id

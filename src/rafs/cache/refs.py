@@ -23,13 +23,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from rafs.cache._tmp_oci import ANNOTATION_UNCOMPRESSED, Descriptor
 from rafs.cache.compression import Compression, compression_of, convert_blob, is_usable
 from rafs.cache.metadata import RefRecord, RefTable, new_ref_id
 from rafs.cache.variants import descriptors, link_variant
 from rafs.content import Info, Store
 from rafs.digest import Digest, chain_id
 from rafs.errors import FailedPrecondition, InvalidArgument, NotFound
+from rafs.oci import Descriptor
+from rafs.oci import constants as mt
 
 
 class CacheManager:
@@ -46,10 +47,10 @@ class CacheManager:
 
         `desc` needs its diffID as annotation `containerd.io/uncompressed`.
         """
-        diff_text = desc.annotations.get(ANNOTATION_UNCOMPRESSED)
+        diff_text = desc.annotations.get(mt.ANNOTATION_UNCOMPRESSED)
         if diff_text is None:
             raise InvalidArgument(f"layer {desc.digest}: descriptor has no "
-                                  f"{ANNOTATION_UNCOMPRESSED} annotation (its diffID)")  # fmt: skip
+                                  f"{mt.ANNOTATION_UNCOMPRESSED} annotation (its diffID)")
         diff_id = Digest(diff_text)
         if compression_of(desc) is None:
             raise InvalidArgument(f"layer {desc.digest}: {desc.media_type!r} is not a layer "
@@ -58,8 +59,8 @@ class CacheManager:
         if desc.size and info.size != desc.size:
             raise FailedPrecondition(f"layer {desc.digest}: stored size {info.size} is not "
                                      f"the descriptor's {desc.size}")  # fmt: skip
-        self.store.update(Info(info.digest, labels={ANNOTATION_UNCOMPRESSED: diff_id}),
-                          f"labels.{ANNOTATION_UNCOMPRESSED}")  # fmt: skip
+        self.store.update(Info(info.digest, labels={mt.ANNOTATION_UNCOMPRESSED: diff_id}),
+                          f"labels.{mt.ANNOTATION_UNCOMPRESSED}")  # fmt: skip
         blob_id = chain_id([desc.digest, diff_id])
         if parent is None:
             chain, blob_chain = diff_id, blob_id
@@ -126,7 +127,7 @@ class ImmutableRef:
 
     def descriptor(self) -> Descriptor:
         """The primary blob's descriptor."""
-        annotations = {**self.record.annotations, ANNOTATION_UNCOMPRESSED: self.diff_id}
+        annotations = {**self.record.annotations, mt.ANNOTATION_UNCOMPRESSED: self.diff_id}
         return Descriptor(self.record.media_type, self.record.blob, self.record.blob_size,
                           annotations)  # fmt: skip
 

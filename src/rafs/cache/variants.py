@@ -17,20 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rafs.cache._tmp_oci import (
-    ANNOTATION_NYDUS_BLOB,
-    ANNOTATION_NYDUS_BOOTSTRAP,
-    ANNOTATION_UNCOMPRESSED,
-    Descriptor,
-)
 from rafs.content import Info, Store
 from rafs.errors import NotFound
+from rafs.oci import Descriptor
+from rafs.oci import constants as mt
 
 VARIANT_LABEL_PREFIX = "containerd.io/gc.ref.content.blob-"
 MEDIA_TYPE_LABEL = "buildkit.io/blob/mediatype"
 ANNOTATION_LABEL_PREFIX = "buildkit.io/blob/annotation."
 
-ANNOTATIONS_KEPT = (ANNOTATION_UNCOMPRESSED, ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BOOTSTRAP)
+ANNOTATIONS_KEPT = (
+    mt.ANNOTATION_UNCOMPRESSED, mt.NYDUS_BLOB_ANNOTATION, mt.NYDUS_BOOTSTRAP_ANNOTATION,
+)
 """Descriptor annotations persisted as labels (BuildKit's `additionalAnnotations`, nydus build)."""
 
 
@@ -66,8 +64,8 @@ def link_variant(store: Store, primary: str, variant: Descriptor) -> None:
 def descriptors(store: Store, primary: Descriptor) -> Iterator[Descriptor]:
     """`primary`, then every variant reachable through the links, each once."""
     yield primary
-    seen = {primary.digest}
-    pending = [primary.digest]
+    seen: set[str] = {primary.digest}
+    pending: list[str] = [primary.digest]
     while pending:
         try:
             info = store.info(pending.pop())

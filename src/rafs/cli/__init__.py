@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rafs import __version__
-from rafs.cli import build, content, merge, read, unpack
+from rafs.cli import build, cache, content, merge, read, unpack
 from rafs.errors import RafsError
 
 EXIT_OS_ERROR = 11
@@ -31,6 +31,7 @@ def make_parser() -> argparse.ArgumentParser:
     read.register(commands)
     unpack.register(commands)
     content.register(commands)
+    cache.register(commands)
     return parser
 
 

@@ -1,14 +1,21 @@
-"""Open any Nydus artifact: a bootstrap file or a Nydus layer (blob with inlined bootstrap)."""
+"""Open any Nydus artifact: a bootstrap file, a Nydus layer (blob with inlined bootstrap), or
+a bootstrap layer (`image/image.boot` in a gzip tar, as `merge --tar` and MergeNydus store it).
+"""
 
 from __future__ import annotations
 
+import gzip
+import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from rafs.codecs import GZIP_MAGIC
 from rafs.errors import FormatError, InvalidArgument, NotFound, Unsupported
 from rafs.format.toc import SECTION_BOOTSTRAP
 from rafs.format.v5 import is_rafs_v5
+from rafs.oci.constants import NYDUS_BOOTSTRAP_NAME
 from rafs.reader.blobs import BlobSet
 from rafs.reader.image import RafsImage, is_rafs_v6
 from rafs.reader.layer import ends_with_section, read_section
@@ -85,6 +92,8 @@ def _read_image(f: BinaryIO, name: str) -> tuple[RafsImage, bool]:
         raise Unsupported(f"{name}: RAFS v5 bootstraps support only inspect, ls and cat")
     if is_rafs_v6(head):
         return RafsImage(_read_bootstrap(f, Path(name)), name), False
+    if head.startswith(GZIP_MAGIC):
+        return RafsImage(_bootstrap_from_gzip_tar(f, name), name), False
     if not ends_with_section(f):
         raise FormatError(f"{name}: neither a RAFS v6 bootstrap nor a Nydus layer "
                           "(it does not end with a section header)")  # fmt: skip
@@ -95,3 +104,24 @@ def _read_image(f: BinaryIO, name: str) -> tuple[RafsImage, bool]:
     if not is_rafs_v6(bootstrap[:4096]):
         raise FormatError(f"{name}: the layer's image.boot is not a RAFS v6 bootstrap")
     return RafsImage(bootstrap, name), True
+
+
+def _bootstrap_from_gzip_tar(f: BinaryIO, name: str) -> bytes:
+    """`image/image.boot` of a gzip-compressed bootstrap layer tar."""
+    f.seek(0)
+    try:
+        with tarfile.open(fileobj=f, mode="r|gz") as archive:
+            for member in archive:
+                if member.name.removeprefix("./") != NYDUS_BOOTSTRAP_NAME:
+                    continue
+                if not member.isfile() or member.size > MAX_BOOTSTRAP:
+                    raise FormatError(f"{name}: {member.name} is not a bootstrap-sized file")
+                stream = archive.extractfile(member)
+                assert stream is not None
+                bootstrap = stream.read()
+                if not is_rafs_v6(bootstrap[:4096]):
+                    raise FormatError(f"{name}: {member.name} is not a RAFS v6 bootstrap")
+                return bootstrap
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise FormatError(f"{name}: a gzip file but not a bootstrap layer tar: {exc}") from None
+    raise FormatError(f"{name}: gzip tar without {NYDUS_BOOTSTRAP_NAME}: not a bootstrap layer")

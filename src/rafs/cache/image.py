@@ -1,0 +1,65 @@
+"""Taking an image's layers into the cache: blobs into the store, a chain of refs on top.
+
+Each layer descriptor gets its diffID (the config's `rootfs.diff_ids[i]`) as the
+`containerd.io/uncompressed` annotation, as BuildKit's `GetByBlob` requires, and each blob is
+written under the ingest ref `import-<digest>`, verified against its digest before commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import BinaryIO, Protocol, Self, cast
+
+from rafs.cache.refs import CacheManager, ImmutableRef
+from rafs.content import write_blob
+from rafs.errors import FormatError, InvalidArgument
+from rafs.oci import Descriptor, ImageConfig, Index, Manifest, OCILayout, parse_manifest
+from rafs.oci.constants import ANNOTATION_UNCOMPRESSED, MAX_MANIFEST_SIZE
+
+
+class BlobStream(Protocol):
+    """A layer blob being read, e.g. a verifying reader of a layout or registry blob."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None: ...  # fmt: skip
+
+
+def import_layers(
+    cache: CacheManager, layers: Sequence[Descriptor], diff_ids: Sequence[str],
+    open_blob: Callable[[Descriptor], BlobStream], what: str,
+) -> ImmutableRef:  # fmt: skip
+    """Store `layers` (lowest first) and return the ref of the top one."""
+    if not layers:
+        raise InvalidArgument(f"{what}: the image has no layers")
+    if len(layers) != len(diff_ids):
+        raise FormatError(f"{what}: {len(layers)} layers but {len(diff_ids)} diff_ids in "
+                          "the config")  # fmt: skip
+    ref: ImmutableRef | None = None
+    for layer, diff_id in zip(layers, diff_ids, strict=True):
+        with open_blob(layer) as source:
+            write_blob(cache.store, f"import-{layer.digest}", cast(BinaryIO, source),
+                       size=layer.size, expected=layer.digest)  # fmt: skip
+        annotations = {**layer.annotations, ANNOTATION_UNCOMPRESSED: diff_id}
+        ref = cache.get_by_blob(replace(layer, annotations=annotations), ref)
+    assert ref is not None
+    return ref
+
+
+def import_from_layout(cache: CacheManager, layout: OCILayout, tag: str | None) -> ImmutableRef:
+    """Import the image tagged `tag` (the only one if None) of an OCI image layout."""
+    what = f"{layout.name}:{tag}" if tag else layout.name
+    entry = layout.resolve(tag)
+    document = parse_manifest(entry.media_type, layout.read_blob(entry, MAX_MANIFEST_SIZE), what)
+    if isinstance(document, Index):
+        raise InvalidArgument(f"{what}: is an index of {len(document.manifests)} images; "
+                              "import one platform's manifest")  # fmt: skip
+    assert isinstance(document, Manifest)
+    config = ImageConfig.from_bytes(layout.read_blob(document.config, MAX_MANIFEST_SIZE),
+                                    f"{what}: config")  # fmt: skip
+    return import_layers(cache, document.layers, config.diff_ids, layout.open_blob, what)
