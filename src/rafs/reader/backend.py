@@ -1,0 +1,82 @@
+"""Blob backends: where the stored (compressed) bytes of data blobs come from.
+
+A backend answers one question, `read_range(blob_id, offset, size)`: the stored bytes of a
+blob in [offset, offset+size). Everything above it (which chunks a read needs, merging
+adjacent chunks into one range, decompression, digest checks, caching) lives in
+`rafs.reader.chunkcache`, so a new backend — e.g. HTTP Range requests against a registry —
+implements only this protocol. Backends must be safe to call from several threads at once.
+
+`LocalBackend` serves blobs from local files (a `--blob-dir`, or the Nydus layer file that
+carries its own blob). A file is located and opened on first use, so a mount whose blob
+files are gone still serves whatever its cache already holds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from rafs.errors import FormatError, NotFound
+from rafs.reader.artifact import Artifact
+
+
+class BlobBackend(Protocol):
+    """Ranged reads of stored blob bytes, by blob id."""
+
+    def read_range(self, blob_id: str, offset: int, size: int) -> bytes:
+        """Exactly `size` stored bytes of blob `blob_id` from `offset`; raises a RafsError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Blobs as local files, found by `locate(blob_id)` and read with `pread`."""
+
+    def __init__(self, locate: Callable[[str], Path]) -> None:
+        self._locate = locate
+        self._fds: dict[str, tuple[int, int, Path]] = {}  # blob id -> (fd, size, path)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_artifact(cls, artifact: Artifact) -> LocalBackend:
+        """Blobs where `rafs cat` finds them: the layer file itself, or the blob folder."""
+        index_of = {blob.id: blob.blob_index for blob in artifact.image.blobs}
+
+        def locate(blob_id: str) -> Path:
+            if blob_id not in index_of:
+                raise NotFound(f"{artifact.image.source}: no blob {blob_id} in the image")
+            return artifact.blobs.path(index_of[blob_id])
+
+        return cls(locate)
+
+    def _open(self, blob_id: str) -> tuple[int, int, Path]:
+        with self._lock:
+            known = self._fds.get(blob_id)
+            if known is None:
+                path = self._locate(blob_id)
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise NotFound(f"{path}: blob file is gone") from None
+                known = (fd, os.fstat(fd).st_size, path)
+                self._fds[blob_id] = known
+            return known
+
+    def read_range(self, blob_id: str, offset: int, size: int) -> bytes:
+        fd, blob_size, path = self._open(blob_id)
+        if offset < 0 or offset + size > blob_size:
+            raise FormatError(f"{path}: range [{offset}, +{size}) lies past the end of the blob")
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise FormatError(f"{path}: blob ends inside [{offset}, +{size})")
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            for fd, _, _ in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
