@@ -1,16 +1,17 @@
 """Taking an image's layers into the cache: blobs into the store, a chain of refs on top.
 
-Each layer descriptor gets its diffID (the config's `rootfs.diff_ids[i]`) as the
-`containerd.io/uncompressed` annotation, as BuildKit's `GetByBlob` requires, and each blob is
-written under the ingest ref `import-<digest>`, verified against its digest before commit.
+`chain_refs` makes the refs of layers already in the store; `import_from_layout` first copies
+an OCI layout's layers in, each under the ingest ref `import-<digest>` and verified against its
+digest before commit. Each layer descriptor gets its diffID (the config's
+`rootfs.diff_ids[i]`) as the `containerd.io/uncompressed` annotation, as BuildKit's
+`GetByBlob` requires.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from types import TracebackType
-from typing import BinaryIO, Protocol, Self, cast
+from typing import BinaryIO, cast
 
 from rafs.cache.refs import CacheManager, ImmutableRef
 from rafs.content import write_blob
@@ -19,22 +20,9 @@ from rafs.oci import Descriptor, ImageConfig, Index, Manifest, OCILayout, parse_
 from rafs.oci.constants import ANNOTATION_UNCOMPRESSED, MAX_MANIFEST_SIZE
 
 
-class BlobStream(Protocol):
-    """A layer blob being read, e.g. a verifying reader of a layout or registry blob."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-    def __enter__(self) -> Self: ...
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None: ...  # fmt: skip
-
-
-def import_layers(
-    cache: CacheManager, layers: Sequence[Descriptor], diff_ids: Sequence[str],
-    open_blob: Callable[[Descriptor], BlobStream], what: str,
-) -> ImmutableRef:  # fmt: skip
-    """Store `layers` (lowest first) and return the ref of the top one."""
+def chain_refs(cache: CacheManager, layers: Sequence[Descriptor], diff_ids: Sequence[str],
+               what: str) -> ImmutableRef:  # fmt: skip
+    """The ref chain of `layers` (lowest first, already in the store); returns the top ref."""
     if not layers:
         raise InvalidArgument(f"{what}: the image has no layers")
     if len(layers) != len(diff_ids):
@@ -42,9 +30,6 @@ def import_layers(
                           "the config")  # fmt: skip
     ref: ImmutableRef | None = None
     for layer, diff_id in zip(layers, diff_ids, strict=True):
-        with open_blob(layer) as source:
-            write_blob(cache.store, f"import-{layer.digest}", cast(BinaryIO, source),
-                       size=layer.size, expected=layer.digest)  # fmt: skip
         annotations = {**layer.annotations, ANNOTATION_UNCOMPRESSED: diff_id}
         ref = cache.get_by_blob(replace(layer, annotations=annotations), ref)
     assert ref is not None
@@ -62,4 +47,8 @@ def import_from_layout(cache: CacheManager, layout: OCILayout, tag: str | None) 
     assert isinstance(document, Manifest)
     config = ImageConfig.from_bytes(layout.read_blob(document.config, MAX_MANIFEST_SIZE),
                                     f"{what}: config")  # fmt: skip
-    return import_layers(cache, document.layers, config.diff_ids, layout.open_blob, what)
+    for layer in document.layers:
+        with layout.open_blob(layer) as source:
+            write_blob(cache.store, f"import-{layer.digest}", cast(BinaryIO, source),
+                       size=layer.size, expected=layer.digest)  # fmt: skip
+    return chain_refs(cache, document.layers, config.diff_ids, what)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rafs import __version__
-from rafs.cli import build, cache, content, merge, mount, read, unpack
+from rafs.cli import build, cache, content, convert, merge, mount, read, unpack
 from rafs.errors import RafsError
 
 EXIT_OS_ERROR = 11
@@ -32,6 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
     unpack.register(commands)
     content.register(commands)
     cache.register(commands)
+    convert.register(commands)
     mount.register(commands)
     return parser
 

@@ -30,6 +30,11 @@ class BlobSet:
         self._sizes: dict[int, int] = {}
         self._borrowed: set[int] = set()  # files the caller owns: not closed here
 
+    @property
+    def holds_layer(self) -> bool:
+        """Whether the image is a single Nydus layer (its bootstrap inlined in its blob)."""
+        return self._layer is not None
+
     def _is_layer(self, index: int) -> bool:
         blob = self.image.blobs[index]
         return self._layer is not None and bool(

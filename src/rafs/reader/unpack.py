@@ -15,6 +15,12 @@ a link entry (type '1') to its first name. Sockets cannot be stored in a tar; th
 out and reported. Whiteouts (`.wh.*`, overlayfs 0:0 devices) are ordinary entries of a
 single layer and come out as they are. File data is streamed one chunk at a time.
 
+A single layer's tar leaves out the parent directories its source tar never named: `create`
+gives those fixed attributes (0755, root, mtime 0, no xattrs; see `builder/overlay.py`), and
+writing them would reset a lower layer's directory when the tar is applied. They still
+appear implicitly through their children; an empty one is written. A merged image's
+directories are all written.
+
 Extraction creates every entry relative to an open directory descriptor: directories are
 opened with O_NOFOLLOW | O_DIRECTORY, files created with O_EXCL | O_NOFOLLOW, and owner,
 xattrs, mode and times set through the open descriptor or with "don't follow" calls, so
@@ -234,15 +240,25 @@ _TAR_KINDS = {
 }
 
 
+def _is_implied_parent(image: RafsImage, st: Stat) -> bool:
+    """A non-empty directory with the attributes `create` gives parents a tar left out."""
+    return (st.mode == stat.S_IFDIR | 0o755 and st.uid == 0 and st.gid == 0
+            and st.mtime == 0 and st.mtime_nsec == 0 and not st.xattr_size
+            and bool(image.children(st.nid)))  # fmt: skip
+
+
 def write_tar(artifact: Artifact, out: Sink) -> UnpackSummary:
     """Write the image as an uncompressed OCI layer tar to `out` (see the module docstring)."""
     image = artifact.image
     summary = UnpackSummary()
     write = out.write
+    is_layer = artifact.blobs.holds_layer
     for entry in _walk(image):
         if entry.leave:
             continue
         st = entry.st
+        if is_layer and st.is_dir and _is_implied_parent(image, st):
+            continue
         path = b"./" + b"/".join(entry.parts)
         fmt = stat.S_IFMT(st.mode)
         if fmt == stat.S_IFSOCK:

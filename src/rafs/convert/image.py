@@ -1,0 +1,171 @@
+"""Convert a whole image: every platform's manifest, its layers in parallel, then push.
+
+For each manifest (an index is converted entry by entry, filtered by platform):
+1. fetch the layers into the content store (skipped for blobs it has; verified);
+2. chain them as cache refs and get each layer's Nydus variant - converted once, then found
+   again by source digest on later runs, so converting an image twice is quick; layers that
+   already are Nydus blobs are used as they are;
+3. `merge_nydus` the chain into the bootstrap layer;
+4. rewrite manifest and config (`manifest.py`), push blobs, config, then the manifest.
+A manifest that already ends in a bootstrap layer is copied unchanged.
+
+`reverse=True` goes the other way: each Nydus blob layer is unpacked to a gzip tar (again a
+cached compression variant) and the bootstrap layer is dropped.
+
+Nothing is pushed before all of a manifest's blobs are in the target, so a failure never
+leaves a manifest naming a missing blob.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from rafs.cache import CacheManager, Compression, ImmutableRef, merge_nydus
+from rafs.cache.image import chain_refs
+from rafs.content import write_blob
+from rafs.convert.endpoints import ImageEndpoint
+from rafs.convert.manifest import is_nydus, nydus_image, oci_image
+from rafs.digest import Digest
+from rafs.errors import NotFound
+from rafs.oci import Descriptor, ImageConfig, Index, Manifest, Platform, parse_manifest
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Progress = Callable[[str, int], None]
+"""Called with an event name (`"layers"` to set the total, `"layer"` per finished layer)
+and a count."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    platforms: tuple[str, ...] = ()
+    """`os/arch[/variant]` entries of an index to convert; empty: all of them."""
+    reverse: bool = False
+    with_referrer: bool = False
+    jobs: int = 2
+
+
+@dataclass
+class ConvertSummary:
+    manifests: int = 0
+    layers: int = 0
+    converted: int = 0
+    """Layers converted by this run (the others were found in the store)."""
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    result: Descriptor | None = field(default=None)
+
+
+def convert_image(
+    source: ImageEndpoint, target: ImageEndpoint, cache: CacheManager,
+    options: ConvertOptions = ConvertOptions(), progress: Progress | None = None,
+) -> ConvertSummary:  # fmt: skip
+    started = time.monotonic()
+    summary = ConvertSummary()
+    job = _Conversion(source, target, cache, options, summary, progress or (lambda _e, _n: None))
+    desc, data = source.resolve()
+    document = parse_manifest(desc.media_type, data, source.name)
+    if isinstance(document, Index):
+        summary.result = job.convert_index(document)
+    else:
+        summary.result = target.push_manifest(job.convert_manifest(desc, document))
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+class _Conversion:
+    def __init__(self, source: ImageEndpoint, target: ImageEndpoint, cache: CacheManager,
+                 options: ConvertOptions, summary: ConvertSummary,
+                 progress: Progress) -> None:  # fmt: skip
+        self.source, self.target, self.cache = source, target, cache
+        self.store = cache.store
+        self.options, self.summary, self.progress = options, summary, progress
+
+    def _parallel(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            return list(pool.map(function, items))
+
+    def convert_index(self, index: Index) -> Descriptor:
+        wanted = set(self.options.platforms)
+        entries = [entry for entry in index.manifests
+                   if not wanted or _platform_name(entry.platform) in wanted]  # fmt: skip
+        if not entries:
+            raise NotFound(f"{self.source.name}: no manifest for platform "
+                           f"{', '.join(sorted(wanted))}")  # fmt: skip
+        converted = []
+        for entry in entries:
+            manifest = parse_manifest(entry.media_type, self.source.read_document(entry),
+                                      f"{self.source.name}@{entry.digest}")  # fmt: skip
+            if not isinstance(manifest, Manifest):
+                raise NotFound(f"{self.source.name}@{entry.digest}: nested index not supported")
+            pushed = self.target.push_manifest(self.convert_manifest(entry, manifest), child=True)
+            converted.append(replace(entry, media_type=pushed.media_type, digest=pushed.digest,
+                                     size=pushed.size))  # fmt: skip
+        return self.target.push_manifest(replace(index, manifests=tuple(converted)))
+
+    def convert_manifest(self, desc: Descriptor, manifest: Manifest) -> Manifest:
+        """Convert one image manifest; its blobs and config are in the target on return."""
+        self.summary.manifests += 1
+        what = f"{self.source.name}@{desc.digest}"
+        config_data = self.source.read_document(manifest.config)
+        config = ImageConfig.from_bytes(config_data, f"{what}: config")
+        self.summary.bytes_before += sum(layer.size for layer in manifest.layers)
+        if is_nydus(manifest) != self.options.reverse:
+            return self._copied(manifest, config_data)
+        layers = list(manifest.layers)
+        diff_ids = list(config.diff_ids)
+        if self.options.reverse:
+            layers, diff_ids = layers[:-1], diff_ids[: len(layers) - 1]
+        self.progress("layers", len(layers))
+        self._parallel(lambda layer: self.source.fetch_into(layer, self.store), layers)
+        top = chain_refs(self.cache, layers, diff_ids, what)
+        wanted = Compression.GZIP if self.options.reverse else Compression.NYDUS
+        new_layers = self._parallel(lambda ref: self._variant(ref, wanted), top.layer_chain())
+        if self.options.reverse:
+            new_manifest, new_config = oci_image(manifest, config, new_layers)
+            pushed: Sequence[Descriptor] = new_layers
+        else:
+            bootstrap = merge_nydus(top)
+            subject = desc if self.options.with_referrer else None
+            new_manifest, new_config = nydus_image(manifest, config, new_layers, bootstrap,
+                                                   subject)  # fmt: skip
+            pushed = [*new_layers, bootstrap]
+        self.summary.layers += len(layers)
+        self.summary.bytes_after += sum(layer.size for layer in pushed)
+        config_desc = self._store_document(new_config.to_bytes(), manifest.config.media_type)
+        self._parallel(lambda blob: self.target.push_blob(blob, self.store),
+                       [*pushed, config_desc])  # fmt: skip
+        return replace(new_manifest, config=replace(config_desc,
+                                                    annotations=manifest.config.annotations))
+
+    def _variant(self, ref: ImmutableRef, compression: Compression) -> Descriptor:
+        if ref.ensure_compression(compression):
+            self.summary.converted += 1
+        desc = ref.get_blob_with_compression(compression)
+        self.progress("layer", 1)
+        return desc
+
+    def _store_document(self, data: bytes, media_type: str) -> Descriptor:
+        digest = Digest.of(data)
+        write_blob(self.store, f"document-{digest}", io.BytesIO(data), expected=digest)
+        return Descriptor(media_type, digest, len(data))
+
+    def _copied(self, manifest: Manifest, config_data: bytes) -> Manifest:
+        """Bring an image that needs no conversion to the target unchanged."""
+        self._parallel(lambda layer: self.source.fetch_into(layer, self.store), manifest.layers)
+        config_desc = self._store_document(config_data, manifest.config.media_type)
+        self._parallel(lambda blob: self.target.push_blob(blob, self.store),
+                       [*manifest.layers, config_desc])  # fmt: skip
+        self.summary.bytes_after += sum(layer.size for layer in manifest.layers)
+        return manifest
+
+
+def _platform_name(platform: Platform | None) -> str:
+    return "" if platform is None else str(platform)
