@@ -19,7 +19,7 @@ APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci containerd docker-re
 # Lint what exists: a fresh clone has no empty folders.
 LINT_PATHS := $(wildcard src tests bench)
 
-.PHONY: venv apt demo lint test
+.PHONY: venv apt demo lint test fuzz
 
 venv: $(VENV_STAMP) $(GEN_STAMP)
 
@@ -57,3 +57,13 @@ lint: venv
 # pytest's exit code 5 (no tests collected) fails this target like any other failure.
 test: apt lint
 	$(BIN)/python -m pytest
+
+# The long fuzz pass: FUZZ_RUNS inputs per target (atheris, coverage-guided), the corpus kept
+# in .fuzz/ between runs; a crash stops its target and leaves its input in fuzz-artifacts/.
+FUZZ_TARGETS := v6 v5 layer blobmeta tar
+FUZZ_RUNS ?= 200000
+fuzz: venv
+	@for target in $(FUZZ_TARGETS); do \
+		$(BIN)/python -m tests.fuzz.run $$target --runs $(FUZZ_RUNS) \
+			--corpus .fuzz/$$target --artifacts fuzz-artifacts/$$target || exit 1; \
+	done

@@ -178,3 +178,17 @@ class BatchContext(Record):
     compressed_size: int
     uncompressed_batch_size: int
     reserved: bytes = bytes(32)
+
+
+CI_FEATURE_V2 = 0x0000_0004  # s_features: 24-byte v2 chunk infos (BlobFeatures.CHUNK_INFO_V2)
+
+
+def unpack_ci_table(data: bytes, header: BlobMetaHeader) -> list[ChunkInfoV1] | list[ChunkInfoV2]:
+    """The `s_ci_entries` chunk infos at the start of an uncompressed CI table."""
+    kind: type[ChunkInfoV1] | type[ChunkInfoV2] = (
+        ChunkInfoV2 if header.s_features & CI_FEATURE_V2 else ChunkInfoV1
+    )
+    if header.s_ci_entries * kind.SIZE > len(data):
+        raise FormatError(f"blob.meta: {header.s_ci_entries} chunk infos do not fit its "
+                          f"{len(data)}-byte CI table")  # fmt: skip
+    return [kind.unpack(data, i * kind.SIZE) for i in range(header.s_ci_entries)]  # type: ignore[return-value]

@@ -9,12 +9,18 @@ from __future__ import annotations
 import hashlib
 from typing import BinaryIO
 
-import zstandard
-
-from rafs.codecs import ZSTD_MAGIC, decompress
+from rafs.codecs import ZSTD_MAGIC, decompress, zstd_bounded
 from rafs.errors import FormatError, NotFound
+from rafs.format.blobmeta import (
+    BLOB_META_HEADER_SIZE,
+    BlobMetaHeader,
+    ChunkInfoV1,
+    ChunkInfoV2,
+    unpack_ci_table,
+)
 from rafs.format.blobtable import Compressor
 from rafs.format.toc import (
+    SECTION_BLOB_META,
     TAR_BLOCK,
     TOC_NAME,
     TocEntry,
@@ -97,9 +103,9 @@ def _maybe_zstd(data: bytes, where: str) -> bytes:
     if not data.startswith(ZSTD_MAGIC):
         return data
     try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_SECTION_SIZE)
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"{where}: corrupt zstd data: {exc}") from None
+        return zstd_bounded(data, MAX_SECTION_SIZE)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
 
 
 def read_section(f: BinaryIO, name: bytes, where: str) -> bytes:
@@ -130,3 +136,28 @@ def read_section(f: BinaryIO, name: bytes, where: str) -> bytes:
     if any(expected) and hashlib.sha256(data).digest() != expected:
         raise FormatError(f"{where}: section {name.decode()} does not match its ToC digest")
     return data
+
+
+def read_blob_meta(
+    f: BinaryIO, where: str
+) -> tuple[BlobMetaHeader, list[ChunkInfoV1] | list[ChunkInfoV2]]:
+    """The blob.meta section of a layer: its header and its chunk infos, found through the
+    tar headers (the section holds the stored CI table, then the 4096-byte header)."""
+    offset, size = _find_by_headers(f, SECTION_BLOB_META, where)
+    what = f"{where}: blob.meta"
+    if not BLOB_META_HEADER_SIZE <= size <= MAX_SECTION_SIZE:
+        raise FormatError(f"{what}: a section of {size} bytes cannot hold its header")
+    raw = _read_at(f, offset, size, where)
+    header = BlobMetaHeader.unpack(raw, size - BLOB_META_HEADER_SIZE)
+    try:
+        header.validate()
+        if header.s_ci_compressed_size != size - BLOB_META_HEADER_SIZE:
+            raise FormatError(f"header says {header.s_ci_compressed_size} bytes of CI table, "
+                              f"the section holds {size - BLOB_META_HEADER_SIZE}")  # fmt: skip
+        if header.s_ci_compressor not in Compressor.__members__.values():
+            raise FormatError(f"unknown CI compressor {header.s_ci_compressor}")
+        data = decompress(raw[: header.s_ci_compressed_size], header.s_ci_compressor,
+                          header.s_ci_uncompressed_size)  # fmt: skip
+        return header, unpack_ci_table(data, header)
+    except FormatError as exc:
+        raise FormatError(f"{what}: {exc}") from None
