@@ -12,6 +12,7 @@ import sys
 import tarfile
 import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,11 @@ from rafs.oci.constants import NYDUS_BLOB
 from rafs.oci.constants import OCI_LAYER_GZIP as LAYER_GZIP
 from rafs.reader.artifact import open_artifact_reader
 from rafs.reader.blobs import read_file
+from tests.conformance.test_content_stores import FACTORIES
+from tests.support.containerd import containerd
 from tests.support.tarballs import make_tar
+
+__all__ = ["containerd"]  # the fixture FACTORIES["containerd"] asks for
 
 UNCOMPRESSED = "containerd.io/uncompressed"
 BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
@@ -56,10 +61,14 @@ def make_chain(cache: CacheManager, *tars: bytes) -> ImmutableRef:
     return ref
 
 
-@pytest.fixture(params=["memory", "local"])
-def cache(request: pytest.FixtureRequest, tmp_path: Path) -> CacheManager:
-    store: Store = MemoryStore() if request.param == "memory" else LocalStore(tmp_path / "store")
-    return CacheManager(store, tmp_path / "cache")
+@pytest.fixture(params=sorted(FACTORIES))
+def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheManager]:
+    """A cache over each kind of store: memory, local, and a real containerd."""
+    store = FACTORIES[request.param](tmp_path, request)
+    yield CacheManager(store, tmp_path / "cache")
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
 
 
 def test_chain_and_blob_chain_ids_follow_buildkit(cache: CacheManager) -> None:
