@@ -2,7 +2,9 @@
 # A tour of rafs on a small example: build a tree, tar it, turn the tar into a Nydus layer,
 # look inside it, check it, export it as a kernel EROFS image and (as root, when the kernel
 # has EROFS) mount that image and compare it with the source tree; then stack a second layer
-# (a whiteout, a change) on it with `merge`, mount the merged image, and unpack it to a tar.
+# (a whiteout, a change) on it with `merge`, mount the merged image, and unpack it to a tar;
+# finally the main job: an OCI image of both layers through a content store (`rafs cache
+# import`, BuildKit's MergeNydus), and `rafs convert` of the whole image, mounted again.
 # Everything is written to ./demo-out, which is recreated on each run.
 set -euo pipefail
 
@@ -104,4 +106,38 @@ run umount "$mnt"
 step "Unpacking the merged image back to an OCI tar"
 run "$rafs" unpack merged.boot --blob-dir blobs -o merged.tar
 run tar -tvf merged.tar
+
+step "The main job. First an OCI image of the same two tars, built by umoci"
+run umoci init --layout oci-image
+run umoci new --image oci-image:v1
+run umoci raw add-layer --no-history --image oci-image:v1 example.tar
+run umoci raw add-layer --no-history --image oci-image:v1 upper.tar
+
+step "Its layers into a content store (containerd's layout) as a chain of layer refs"
+printf '+ %s\n' "$rafs cache import oci:oci-image:v1 --store store"
+ref=$("$rafs" cache import oci:oci-image:v1 --store store)
+echo "top ref: $ref"
+
+step "MergeNydus: each layer converted to Nydus once (a compression variant), then merged"
+run "$rafs" cache merge-nydus "$ref" --store store
+run "$rafs" content --store store ls
+
+step "rafs convert: the whole image, OCI layout -> Nydus image (reusing those conversions)"
+run "$rafs" convert oci:oci-image:v1 oci:nydus-image:v1 --store store
+"$repo/.venv/bin/python" - <<'PY'
+import json, pathlib
+blobs = pathlib.Path("nydus-image/blobs/sha256")
+entry = json.loads(pathlib.Path("nydus-image/index.json").read_text())["manifests"][0]
+manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_text())
+for layer in manifest["layers"]:
+    print(layer["mediaType"], layer["digest"][:19], layer.get("annotations"))
+pathlib.Path("bootstrap-layer").write_text(manifest["layers"][-1]["digest"].split(":")[1])
+PY
+
+step "Mounting the Nydus image: its bootstrap layer, the blobs found beside it"
+run "$rafs" export --block "nydus-image/blobs/sha256/$(cat bootstrap-layer)" -o nydus.erofs
+run mount -t erofs -o loop,ro nydus.erofs "$mnt"
+run ls -l "$mnt"
+run cat "$mnt/hello.txt"
+run umount "$mnt"
 echo "done: everything is in $out"

@@ -1,8 +1,8 @@
 """Taking an image's layers into the cache: blobs into the store, a chain of refs on top.
 
-`chain_refs` makes the refs of layers already in the store; `import_from_layout` first copies
-an OCI layout's layers in, each under the ingest ref `import-<digest>` and verified against its
-digest before commit. Each layer descriptor gets its diffID (the config's
+`layer_ref` makes the ref of a layer already in the store; `import_from_layout` copies an
+OCI layout's layers in, each under the ingest ref `import-<digest>` and verified against its
+digest before commit, and chains their refs. Each layer descriptor gets its diffID (the config's
 `rootfs.diff_ids[i]`) as the `containerd.io/uncompressed` annotation, as BuildKit's
 `GetByBlob` requires.
 """
@@ -20,20 +20,20 @@ from rafs.oci import Descriptor, ImageConfig, Index, Manifest, OCILayout, parse_
 from rafs.oci.constants import ANNOTATION_UNCOMPRESSED, MAX_MANIFEST_SIZE
 
 
-def chain_refs(cache: CacheManager, layers: Sequence[Descriptor], diff_ids: Sequence[str],
-               what: str) -> ImmutableRef:  # fmt: skip
-    """The ref chain of `layers` (lowest first, already in the store); returns the top ref."""
+def layer_ref(cache: CacheManager, layer: Descriptor, diff_id: str,
+              parent: ImmutableRef | None) -> ImmutableRef:  # fmt: skip
+    """The ref of `layer` (already in the store) with diffID `diff_id` on top of `parent`."""
+    annotations = {**layer.annotations, ANNOTATION_UNCOMPRESSED: diff_id}
+    return cache.get_by_blob(replace(layer, annotations=annotations), parent)
+
+
+def check_layers(layers: Sequence[Descriptor], diff_ids: Sequence[str], what: str) -> None:
+    """An image has layers, and one diffID in its config for each."""
     if not layers:
         raise InvalidArgument(f"{what}: the image has no layers")
     if len(layers) != len(diff_ids):
         raise FormatError(f"{what}: {len(layers)} layers but {len(diff_ids)} diff_ids in "
                           "the config")  # fmt: skip
-    ref: ImmutableRef | None = None
-    for layer, diff_id in zip(layers, diff_ids, strict=True):
-        annotations = {**layer.annotations, ANNOTATION_UNCOMPRESSED: diff_id}
-        ref = cache.get_by_blob(replace(layer, annotations=annotations), ref)
-    assert ref is not None
-    return ref
 
 
 def import_from_layout(cache: CacheManager, layout: OCILayout, tag: str | None) -> ImmutableRef:
@@ -47,8 +47,12 @@ def import_from_layout(cache: CacheManager, layout: OCILayout, tag: str | None) 
     assert isinstance(document, Manifest)
     config = ImageConfig.from_bytes(layout.read_blob(document.config, MAX_MANIFEST_SIZE),
                                     f"{what}: config")  # fmt: skip
-    for layer in document.layers:
+    check_layers(document.layers, config.diff_ids, what)
+    ref = None
+    for layer, diff_id in zip(document.layers, config.diff_ids, strict=True):
         with layout.open_blob(layer) as source:
             write_blob(cache.store, f"import-{layer.digest}", cast(BinaryIO, source),
                        size=layer.size, expected=layer.digest)  # fmt: skip
-    return chain_refs(cache, document.layers, config.diff_ids, what)
+        ref = layer_ref(cache, layer, diff_id, ref)
+    assert ref is not None
+    return ref

@@ -7,6 +7,8 @@ For each manifest (an index is converted entry by entry, filtered by platform):
    already are Nydus blobs are used as they are;
 3. `merge_nydus` the chain into the bootstrap layer;
 4. rewrite manifest and config (`manifest.py`), push blobs, config, then the manifest.
+The steps overlap: fetches run side by side (`IO_WORKERS`), a layer converts (`jobs` at
+once) as soon as it is in, and its result is pushed while other layers convert and merge.
 A manifest that already ends in a bootstrap layer is copied unchanged.
 
 `reverse=True` goes the other way: each Nydus blob layer is unpacked to a gzip tar (again a
@@ -20,19 +22,22 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from rafs.cache import CacheManager, Compression, ImmutableRef, merge_nydus
-from rafs.cache.image import chain_refs
+from rafs.cache.image import check_layers, layer_ref
 from rafs.content import write_blob
 from rafs.convert.endpoints import ImageEndpoint
 from rafs.convert.manifest import is_nydus, nydus_image, oci_image
 from rafs.digest import Digest
 from rafs.errors import NotFound
 from rafs.oci import Descriptor, ImageConfig, Index, Manifest, Platform, parse_manifest
+
+IO_WORKERS = 4
+"""Fetches and pushes at once (they wait on the network, not the CPU)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -70,12 +75,15 @@ def convert_image(
     started = time.monotonic()
     summary = ConvertSummary()
     job = _Conversion(source, target, cache, options, summary, progress or (lambda _e, _n: None))
-    desc, data = source.resolve()
-    document = parse_manifest(desc.media_type, data, source.name)
-    if isinstance(document, Index):
-        summary.result = job.convert_index(document)
-    else:
-        summary.result = target.push_manifest(job.convert_manifest(desc, document))
+    try:
+        desc, data = source.resolve()
+        document = parse_manifest(desc.media_type, data, source.name)
+        if isinstance(document, Index):
+            summary.result = job.convert_index(document)
+        else:
+            summary.result = target.push_manifest(job.convert_manifest(desc, document))
+    finally:
+        job.close()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -87,10 +95,16 @@ class _Conversion:
         self.source, self.target, self.cache = source, target, cache
         self.store = cache.store
         self.options, self.summary, self.progress = options, summary, progress
+        self.io = ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="convert-io")
+        self.cpu = ThreadPoolExecutor(max_workers=max(1, options.jobs),
+                                      thread_name_prefix="convert")  # fmt: skip
+
+    def close(self) -> None:
+        self.io.shutdown(cancel_futures=True)
+        self.cpu.shutdown(cancel_futures=True)
 
     def _parallel(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            return list(pool.map(function, items))
+        return list(self.io.map(function, items))
 
     def convert_index(self, index: Index) -> Descriptor:
         wanted = set(self.options.platforms)
@@ -123,32 +137,46 @@ class _Conversion:
         diff_ids = list(config.diff_ids)
         if self.options.reverse:
             layers, diff_ids = layers[:-1], diff_ids[: len(layers) - 1]
+        check_layers(layers, diff_ids, what)
         self.progress("layers", len(layers))
-        self._parallel(lambda layer: self.source.fetch_into(layer, self.store), layers)
-        top = chain_refs(self.cache, layers, diff_ids, what)
         wanted = Compression.GZIP if self.options.reverse else Compression.NYDUS
-        new_layers = self._parallel(lambda ref: self._variant(ref, wanted), top.layer_chain())
+        # A pipeline: fetches run side by side; each layer converts as soon as it and its
+        # parent are in, and its result is pushed while the others convert and merge.
+        pushes: list[Future[None]] = []
+        fetches = [self.io.submit(self.source.fetch_into, layer, self.store) for layer in layers]
+        conversions, top = [], None
+        for layer, diff_id, fetch in zip(layers, diff_ids, fetches, strict=True):
+            fetch.result()
+            top = layer_ref(self.cache, layer, diff_id, top)
+            conversions.append(self.cpu.submit(self._variant, top, wanted, pushes))
+        assert top is not None
+        new_layers = [conversion.result() for conversion in conversions]
         if self.options.reverse:
             new_manifest, new_config = oci_image(manifest, config, new_layers)
-            pushed: Sequence[Descriptor] = new_layers
+            made: list[Descriptor] = []
         else:
             bootstrap = merge_nydus(top)
             subject = desc if self.options.with_referrer else None
             new_manifest, new_config = nydus_image(manifest, config, new_layers, bootstrap,
                                                    subject)  # fmt: skip
-            pushed = [*new_layers, bootstrap]
-        self.summary.layers += len(layers)
-        self.summary.bytes_after += sum(layer.size for layer in pushed)
+            made = [bootstrap]
         config_desc = self._store_document(new_config.to_bytes(), manifest.config.media_type)
-        self._parallel(lambda blob: self.target.push_blob(blob, self.store),
-                       [*pushed, config_desc])  # fmt: skip
+        pushes += [self.io.submit(self.target.push_blob, blob, self.store)
+                   for blob in (*made, config_desc)]  # fmt: skip
+        for push in pushes:
+            push.result()
+        self.summary.layers += len(layers)
+        self.summary.bytes_after += sum(layer.size for layer in (*new_layers, *made))
         return replace(new_manifest, config=replace(config_desc,
                                                     annotations=manifest.config.annotations))
 
-    def _variant(self, ref: ImmutableRef, compression: Compression) -> Descriptor:
+    def _variant(self, ref: ImmutableRef, compression: Compression,
+                 pushes: list[Future[None]]) -> Descriptor:  # fmt: skip
+        """The layer in `compression` (converted unless stored), its push started."""
         if ref.ensure_compression(compression):
             self.summary.converted += 1
         desc = ref.get_blob_with_compression(compression)
+        pushes.append(self.io.submit(self.target.push_blob, desc, self.store))
         self.progress("layer", 1)
         return desc
 
