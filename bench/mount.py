@@ -16,6 +16,13 @@ of N rounds is kept per mode. Throughput counts file bytes over read time, for a
 and for files >= 1 MiB; the ratios are fuse/kernel and each against the directory. Target:
 fuse >= 40% of the kernel mount on files >= 1 MiB.
 
+Time to first byte (inputs holding a file of about 1 KiB: debian): `open` + a 1-byte read
+of that file on a fresh mount with an empty cache directory, page cache dropped, from the
+local layer file and from a local docker-registry (the image pushed as nydus-snapshotter lays
+it out, blobs read with HTTP Range requests; `rafs mount docker://... --plain-http`). The
+manifest and bootstrap are fetched at mount time, so the figure is one chunk's round trip:
+FUSE lookup and open, one Range request, decompression and digest check. Best of N rounds.
+
 Needs root (drop_caches, kernel mounts). Run from the repository root:
 `.venv/bin/python bench/mount.py [--rounds N] [--work DIR] [--input debian|large]`.
 """
@@ -23,6 +30,7 @@ Needs root (drop_caches, kernel mounts). Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -33,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 RAFS = (sys.executable, "-m", "rafs")
 ROOTFS_TAR = Path.home() / ".cache" / "rafs-tests" / "debian-bookworm-minbase.tar"
 MIB = 1 << 20
@@ -148,8 +157,12 @@ def measure(mode: str, layer: Path, extracted: Path, scratch: Path) -> Result:
         _run(*RAFS, "umount", mnt)
 
 
-def bench(name: str, work: Path, rounds: int) -> None:
+def bench(name: str, work: Path, rounds: int, ttfb_only: bool = False) -> None:
     layer, extracted = prepare(name, work)
+    if ttfb_only:
+        print(f"\n{name}:")
+        bench_ttfb(name, layer, extracted, rounds)
+        return
     best: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="rafs-bench-mount-") as tmp:
         scratch = Path(tmp)
@@ -176,6 +189,62 @@ def bench(name: str, work: Path, rounds: int) -> None:
         print(f", {large:.2f} on files >= 1 MiB ({verdict} the {TARGET:.0%} target)")
     else:
         print()
+    bench_ttfb(name, layer, extracted, rounds)
+
+
+def small_file(root: Path, size: int = 1024) -> Path | None:
+    """The regular file under `root` closest to `size` bytes (within 512 of it), or None."""
+    best: tuple[int, str] | None = None
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            key = (abs(path.stat().st_size - size), str(path.relative_to(root)))
+            if best is None or key < best:
+                best = key
+    return Path(best[1]) if best is not None and best[0] <= size // 2 else None
+
+
+def first_byte(image: str | Path, relative: Path, scratch: Path, *options: str) -> float:
+    """Seconds to open `relative` and read its first byte on a fresh mount, cache empty."""
+    mnt, cache = scratch / "ttfb-mnt", scratch / "ttfb-cache"
+    mnt.mkdir(exist_ok=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    _run(*RAFS, "mount", image, mnt, "--cache-dir", cache, *options)
+    try:
+        drop_caches()
+        start = time.perf_counter()
+        with open(mnt / relative, "rb", buffering=0) as f:
+            assert f.read(1)
+        return time.perf_counter() - start
+    finally:
+        _run(*RAFS, "umount", mnt)
+
+
+def bench_ttfb(name: str, layer: Path, extracted: Path, rounds: int) -> None:
+    relative = small_file(extracted)
+    if relative is None:
+        print(f"  time to first byte: no file of about 1 KiB in {name}")
+        return
+    sys.path.insert(0, str(REPO))
+    from rafs.digest import Digest
+    from tests.support.nydus_image import compose_nydus_image, push
+    from tests.support.registry import start_registry
+
+    digest = Digest.from_hex(hashlib.sha256(layer.read_bytes()).hexdigest())
+    image = compose_nydus_image([(layer, digest)])
+    with tempfile.TemporaryDirectory(prefix="rafs-bench-ttfb-") as tmp:
+        scratch = Path(tmp)
+        with start_registry(scratch / "registry") as registry:
+            ref = push(image, registry.host, "bench/ttfb", "v1")
+            local = min(first_byte(layer, relative, scratch) for _ in range(rounds))
+            remote = min(first_byte(ref, relative, scratch, "--plain-http")
+                         for _ in range(rounds))  # fmt: skip
+    size = (extracted / relative).stat().st_size
+    print(f"  time to first byte of /{relative} ({size} bytes), cold cache, best of {rounds}: "
+          f"local blob {local * 1000:.1f} ms, registry {remote * 1000:.1f} ms "
+          f"({remote / local:.1f}x)")  # fmt: skip
 
 
 def _ratio(a: Result, b: Result) -> float:
@@ -187,11 +256,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rafs-bench")
     parser.add_argument("--input", choices=("debian", "large"), action="append")
+    parser.add_argument("--ttfb-only", action="store_true",
+                        help="measure only the time to first byte (local blob vs registry)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/mount.py needs root (drop_caches and kernel mounts)")
     for name in args.input or ("large", "debian"):
-        bench(name, args.work / "mount", args.rounds)
+        bench(name, args.work / "mount", args.rounds, args.ttfb_only)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def test_layout_to_layout(umoci_image: UmociImage, rafs: RafsRunner, tmp_path: P
     layout = OCILayout.open(target)
     _nydus_manifest_is_right(json.loads(layout.read_blob(layout.resolve("nydus"))), 4)
     _equals_umoci(umoci_image, _mounted_tree(target, "nydus", rafs, tmp_path))
+    rafs("check", f"oci:{target}:nydus")  # the reference opens as an image, every chunk good
 
     # A second run finds every conversion in the store and gives the same manifest.
     again = rafs("convert", f"oci:{umoci_image.layout}:{TAG}", f"oci:{target}:again",
@@ -111,6 +112,7 @@ def test_registry_to_registry(
         OCILayout.open(umoci_image.layout).read_blob(
             OCILayout.open(umoci_image.layout).resolve(TAG))).digest()  # fmt: skip
     assert raw["subject"]["digest"] == source_digest
+    rafs("check", target, "--plain-http")  # read straight from the registry
     # skopeo copies the result out; the copy mounts as umoci unpacks the source.
     skopeo("copy", "--src-tls-verify=false", target, f"oci:{tmp_path / 'out'}:nydus",
            tmpdir=tmp_path)  # fmt: skip

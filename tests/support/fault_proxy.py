@@ -9,6 +9,8 @@ a seeded random generator per request, instead:
   of it (`drop_after`),
 - forwards and sends the headers but only half the body, then closes (`cut_body`),
 - flips the last byte of every blob body it returns (`corrupt`), a lying registry;
+- flips one byte of one blob, at a given offset, in every ranged answer (206) covering it
+  (`corrupt_at = (digest, offset)`): one damaged chunk for lazy reads;
 - answers blob GETs with 307 to another origin (`redirect_blobs_to`).
 Every request is recorded (method, path, headers). Responses always close the connection.
 `start_blob_store(registry)` is that other origin: it serves blobs straight from the
@@ -31,6 +33,7 @@ from tests.support.registry import Registry
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "content-length"}
 _BLOB_GET = re.compile(r"/v2/.+/blobs/(sha256:[0-9a-f]{64})$")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Faults:
     drop_after: float = 0.0
     cut_body: float = 0.0
     corrupt: bool = False
+    corrupt_at: tuple[str, int] | None = None
     redirect_blobs_to: str | None = None
     seed: int = 0
 
@@ -106,6 +110,8 @@ class _ProxyHandler(_Handler):
             return
         if faults.corrupt and blob and self.command == "GET" and data:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        if faults.corrupt_at and blob and blob.group(1) == faults.corrupt_at[0] and status == 206:
+            data = _flip(data, headers, faults.corrupt_at[1])
         if draw[3] < faults.cut_body and len(data) > 1:
             self.send_response(status)
             for name, value in headers:
@@ -134,6 +140,17 @@ class _ProxyHandler(_Handler):
             connection.close()
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_one
+
+
+def _flip(data: bytes, headers: list[tuple[str, str]], offset: int) -> bytes:
+    """`data`, a 206 body, with the byte at blob `offset` inverted if the body covers it."""
+    ranges = [_CONTENT_RANGE.match(v) for k, v in headers if k.lower() == "content-range"]
+    if not ranges or ranges[0] is None:
+        return data
+    at = offset - int(ranges[0].group(1))
+    if not 0 <= at < len(data):
+        return data
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
 class _StoreHandler(_Handler):

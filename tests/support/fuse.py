@@ -46,7 +46,7 @@ def unmount(mountpoint: Path) -> None:
 
 
 @contextlib.contextmanager
-def rafs_mount(rafs: RafsRunner, image: Path, mountpoint: Path, *options: str | Path
+def rafs_mount(rafs: RafsRunner, image: str | Path, mountpoint: Path, *options: str | Path
                ) -> Iterator[Path]:  # fmt: skip
     """`rafs mount IMAGE MOUNTPOINT OPTIONS...` (background); `rafs umount` on exit."""
     mountpoint.mkdir(parents=True, exist_ok=True)

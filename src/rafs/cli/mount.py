@@ -29,11 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rafs.cli.images import add_image_args, resolve_image
 from rafs.errors import FailedPrecondition, InvalidArgument, NotFound, RafsError
 from rafs.fileio import write_atomic
-from rafs.reader.artifact import Artifact, open_artifact
-from rafs.reader.backend import LocalBackend
+from rafs.reader.artifact import open_artifact
+from rafs.reader.backend import BlobBackend, LocalBackend
 from rafs.reader.chunkcache import ChunkCache
+from rafs.reader.image import RafsImage
 from rafs.reader.kernel_mount import fill_cache, kernel_mount
 
 log = logging.getLogger("rafs.mount")
@@ -43,13 +45,15 @@ UMOUNT_WAIT = 60.0
 EXIT_OS_ERROR = 11
 _SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
 
+BackendFactory = Callable[[], BlobBackend]
+"""Makes the blob backend of a mount; called in the process that serves it."""
+
 
 def register(commands: Any) -> None:
     mount = commands.add_parser("mount", help="mount an image (FUSE, lazy; or --kernel)")
     add = mount.add_argument
-    add("image", type=Path, help="bootstrap or Nydus layer file")
+    add_image_args(mount)
     add("mountpoint", type=Path)
-    add("--blob-dir", type=Path, help="folder of blobs named by blob id")
     add("--cache-dir", type=Path, help="chunk cache kept across mounts (default: temporary)")
     add("--cache-limit", type=_size, metavar="SIZE",
         help="largest cache size, e.g. 512M; least recently used chunks go")  # fmt: skip
@@ -93,8 +97,7 @@ def run_mount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint.resolve()
     if not mountpoint.is_dir():
         raise NotFound(f"{args.mountpoint}: mountpoint is not a directory")
-    artifact = open_artifact(args.image, args.blob_dir)
-    image = artifact.image
+    image, make_backend, fsname = _open(args)
     prefetch: list[int] | None = None
     if args.prefetch is not None:
         prefetch = [image.lookup(p) for p in args.prefetch] or image.prefetch_nids()
@@ -102,9 +105,9 @@ def run_mount(args: argparse.Namespace) -> int:
         if args.cache_dir is None:
             raise InvalidArgument("--kernel needs --cache-dir: the kernel reads blobs from it")
         _configure_logging(None)
-        _mount_kernel(artifact, args, mountpoint)
+        _mount_kernel(image, make_backend, args, mountpoint)
         return 0
-    serve = _server(artifact, args, mountpoint, prefetch)
+    serve = _server(image, make_backend, fsname, args, mountpoint, prefetch)
     if args.foreground:
         _configure_logging(None)
         serve(lambda: None)
@@ -113,13 +116,23 @@ def run_mount(args: argparse.Namespace) -> int:
     return _daemonize(serve, log_file.resolve())
 
 
-def _mount_kernel(artifact: Artifact, args: argparse.Namespace, mountpoint: Path) -> None:
-    image = artifact.image
+def _open(args: argparse.Namespace) -> tuple[RafsImage, BackendFactory, str]:
+    """The image, how to make its blob backend, and the name the mount shows for it."""
+    resolved = resolve_image(args)
+    if resolved is not None:
+        return resolved.image, resolved.backend, resolved.name
+    artifact = open_artifact(Path(args.image), args.blob_dir)
+    return (artifact.image, lambda: LocalBackend.for_artifact(artifact),
+            str(Path(args.image).resolve()))  # fmt: skip
+
+
+def _mount_kernel(image: RafsImage, make_backend: BackendFactory, args: argparse.Namespace,
+                  mountpoint: Path) -> None:  # fmt: skip
     uncompressed = sum(blob.uncompressed_size for blob in image.blobs)
     if args.cache_limit is not None and args.cache_limit < uncompressed:
         raise InvalidArgument(f"--cache-limit {args.cache_limit} is below the {uncompressed} "
                               "bytes of uncompressed blobs --kernel needs")
-    backend = LocalBackend.for_artifact(artifact)
+    backend = make_backend()
     cache = ChunkCache(image, backend, args.cache_dir)
     try:
         fill_cache(cache)
@@ -131,11 +144,11 @@ def _mount_kernel(artifact: Artifact, args: argparse.Namespace, mountpoint: Path
         backend.close()
 
 
-def _server(artifact: Artifact, args: argparse.Namespace, mountpoint: Path,
+def _server(image: RafsImage, make_backend: BackendFactory, fsname: str,
+            args: argparse.Namespace, mountpoint: Path,
             prefetch: list[int] | None) -> Callable[[Callable[[], None]], None]:  # fmt: skip
     """A function that mounts, calls `ready()`, serves until unmounted, and cleans up."""
     stats = args.stats.resolve() if args.stats is not None else None
-    fsname = str(args.image.resolve())
 
     def serve(ready: Callable[[], None]) -> None:
         # Imported here: pyfuse3 and trio cost every other command 150 ms at start.
@@ -145,12 +158,12 @@ def _server(artifact: Artifact, args: argparse.Namespace, mountpoint: Path,
         directory: Path = args.cache_dir
         if directory is None:
             directory = scratch = Path(tempfile.mkdtemp(prefix="rafs-cache-"))
-        backend = LocalBackend.for_artifact(artifact)
+        backend = make_backend()
         pid_file = state_path(mountpoint, ".pid")
         try:
-            cache = ChunkCache(artifact.image, backend, directory, args.cache_limit)
+            cache = ChunkCache(image, backend, directory, args.cache_limit)
             try:
-                mount = FuseMount(artifact.image, cache, mountpoint, stats)
+                mount = FuseMount(image, cache, mountpoint, stats)
                 mount.start(fsname)
                 pid_file.parent.mkdir(parents=True, exist_ok=True)
                 pid_file.write_text(f"{os.getpid()}\n")

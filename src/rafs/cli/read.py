@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rafs.cli.images import add_image_args, open_image, open_image_v5
 from rafs.errors import InvalidArgument
 from rafs.format.blobtable import BlobFeatures, Compressor, Digester
 from rafs.format.v5 import compressor_of_flags, digester_of_flags
-from rafs.reader.artifact import Artifact, open_artifact, open_v5
+from rafs.reader.artifact import Artifact
 from rafs.reader.blobs import read_file
 from rafs.reader.check import check_image
 from rafs.reader.export import export_blob_data, export_block
@@ -25,8 +26,7 @@ READ_BLOCK = 1 << 20
 
 
 def _image_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", type=Path, help="bootstrap or Nydus layer file")
-    parser.add_argument("--blob-dir", type=Path, help="folder of blobs named by blob id")
+    add_image_args(parser)
 
 
 def register(commands: Any) -> None:
@@ -143,11 +143,11 @@ def _summary_v5(image: RafsV5Image) -> dict[str, Any]:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    v5 = open_v5(args.image)
+    v5 = open_image_v5(args)
     if v5 is not None:
         info = _summary_v5(v5)
     else:
-        with open_artifact(args.image, args.blob_dir) as artifact:
+        with open_image(args) as artifact:
             info = _summary(artifact)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -206,28 +206,28 @@ def _ls(image: RafsImage | RafsV5Image, args: argparse.Namespace) -> None:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    v5 = open_v5(args.image)
+    v5 = open_image_v5(args)
     if v5 is not None:
         _ls(v5, args)
         return 0
-    with open_artifact(args.image, args.blob_dir) as artifact:
+    with open_image(args) as artifact:
         _ls(artifact.image, args)
     return 0
 
 
 def run_cat(args: argparse.Namespace) -> int:
-    v5 = open_v5(args.image)
+    v5 = open_image_v5(args)
     if v5 is not None:
         ino = v5.lookup(args.path)
         size = v5.stat(ino).size
         if not v5.stat(ino).is_reg:
             raise InvalidArgument(f"{args.image}: {args.path} is not a regular file")
-        blob_dir = args.blob_dir or args.image.parent
+        blob_dir = args.blob_dir or Path(args.image).parent
         for offset in range(0, size, READ_BLOCK):
             sys.stdout.buffer.write(v5.read_file(ino, blob_dir, offset, READ_BLOCK))
         sys.stdout.buffer.flush()
         return 0
-    with open_artifact(args.image, args.blob_dir) as artifact:
+    with open_image(args) as artifact:
         nid = artifact.image.lookup(args.path)
         st = artifact.image.stat(nid)
         if not st.is_reg:
@@ -240,7 +240,7 @@ def run_cat(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    with open_artifact(args.image, args.blob_dir) as artifact:
+    with open_image(args) as artifact:
         report = check_image(artifact)
     for problem in report.problems:
         print(f"rafs: {args.image}: {problem}", file=sys.stderr)
@@ -251,7 +251,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    with open_artifact(args.image, args.blob_dir) as artifact:
+    with open_image(args) as artifact:
         if args.block:
             size = export_block(artifact, args.output)
             print(f"{args.output}: {size} bytes")

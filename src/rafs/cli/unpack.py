@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rafs.cli.images import add_image_args, open_image
 from rafs.fileio import AtomicHashingFile
-from rafs.reader.artifact import open_artifact
 from rafs.reader.unpack import UnpackSummary, extract, write_tar
 
 
@@ -21,8 +21,7 @@ def register(commands: Any) -> None:
         "into a directory without ever writing outside it. A tar file is written atomically "
         "and its sha256 digest (the layer's diff_id) printed.",
     )
-    unpack.add_argument("image", type=Path, help="bootstrap or Nydus layer file")
-    unpack.add_argument("--blob-dir", type=Path, help="folder of blobs named by blob id")
+    add_image_args(unpack)
     dest = unpack.add_mutually_exclusive_group(required=True)
     dest.add_argument("-o", "--output", help="tar file to write ('-' for stdout)")
     dest.add_argument("--to-dir", type=Path, metavar="DIR",
@@ -30,14 +29,14 @@ def register(commands: Any) -> None:
     unpack.set_defaults(run=run_unpack)
 
 
-def _warn(image: Path, summary: UnpackSummary) -> None:
+def _warn(image: str, summary: UnpackSummary) -> None:
     for path in summary.skipped:
         print(f"rafs: {image}: {path}: a socket cannot be stored in a tar, left out",
               file=sys.stderr)  # fmt: skip
 
 
 def run_unpack(args: argparse.Namespace) -> int:
-    with open_artifact(args.image, args.blob_dir) as artifact:
+    with open_image(args) as artifact:
         if args.to_dir is not None:
             extract(artifact, args.to_dir)
             return 0

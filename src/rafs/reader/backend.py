@@ -9,6 +9,9 @@ implements only this protocol. Backends must be safe to call from several thread
 `LocalBackend` serves blobs from local files (a `--blob-dir`, or the Nydus layer file that
 carries its own blob). A file is located and opened on first use, so a mount whose blob
 files are gone still serves whatever its cache already holds.
+
+`BackendBlobSet` lets the read commands (cat, check, unpack, export) read an image whose
+blobs are behind a backend (an image reference), one range per chunk and no cache.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from rafs.errors import FormatError, NotFound
+from rafs.errors import FormatError, NotFound, Unsupported
+from rafs.format.chunktable import ChunkInfo
 from rafs.reader.artifact import Artifact
+from rafs.reader.blobs import BlobSet, unpack_chunk
+from rafs.reader.image import RafsImage
 
 
 class BlobBackend(Protocol):
@@ -80,3 +86,27 @@ class LocalBackend:
             for fd, _, _ in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+class BackendBlobSet(BlobSet):
+    """The blobs of an image read through a backend (which this set closes)."""
+
+    def __init__(self, image: RafsImage, backend: BlobBackend) -> None:
+        super().__init__(image, None, None)
+        self.backend = backend
+
+    def path(self, index: int) -> Path:
+        raise Unsupported(f"{self.image.source}: blob {self.image.blobs[index].id} is not a "
+                          "local file")  # fmt: skip
+
+    def read_chunk(self, info: ChunkInfo, verify: bool = True) -> bytes:
+        if info.blob_index >= len(self.image.blobs):
+            raise FormatError(f"{self.image.source}: chunk names missing blob {info.blob_index}")
+        blob = self.image.blobs[info.blob_index]
+        stored = self.backend.read_range(blob.id, info.compressed_offset, info.compressed_size)
+        where = f"{self.image.source}: blob {blob.id}: chunk {info.block_id.hex()[:16]}"
+        return unpack_chunk(stored, info, blob.compression_algo, blob.digest_algo, verify, where)
+
+    def close(self) -> None:
+        super().close()
+        self.backend.close()

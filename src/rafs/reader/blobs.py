@@ -102,6 +102,12 @@ def read_stored_chunk(f: BinaryIO, blob_size: int, info: ChunkInfo, compressor: 
     stored = f.read(info.compressed_size)
     if len(stored) != info.compressed_size:
         raise FormatError(f"{where}: blob ends inside the chunk")
+    return unpack_chunk(stored, info, compressor, digester, verify, where)
+
+
+def unpack_chunk(stored: bytes, info: ChunkInfo, compressor: int, digester: int, verify: bool,
+                 where: str) -> bytes:  # fmt: skip
+    """Decompress one chunk's stored bytes and (when `verify`) check its digest."""
     try:
         data = decompress(stored, compressor if info.compressed else 0, info.uncompressed_size)
     except FormatError as exc:
@@ -109,6 +115,7 @@ def read_stored_chunk(f: BinaryIO, blob_size: int, info: ChunkInfo, compressor: 
     if verify and digest_function(digester)(data) != info.block_id:
         raise IntegrityError(f"{where}: data does not match the chunk digest")
     return data
+
 
 def read_file(blobs: BlobSet, nid: int, offset: int = 0, size: int | None = None) -> bytes:
     """Bytes [offset, offset+size) of a regular file (to its end when size is None)."""

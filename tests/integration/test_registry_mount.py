@@ -1,0 +1,178 @@
+"""Lazy FUSE mounts straight from a registry: `rafs mount docker://... --plain-http`.
+
+Images are built as nydus-snapshotter lays them out (tests/support/nydus_image) and pushed to
+Debian's docker-registry on loopback; the mounts are real FUSE mounts made by the command
+line. A loopback proxy in front of the registry records every request (so a test can see
+the Range requests) and, for the corruption test, damages one chunk of one blob in every
+ranged answer that covers it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rafs.cli.mount import mount_type, state_path
+from rafs.reader.artifact import open_artifact
+from tests.conftest import RafsRunner
+from tests.support.fault_proxy import Faults, Seen, start_fault_proxy
+from tests.support.fuse import rafs_mount, require_fuse
+from tests.support.kernel import require_kernel_erofs
+from tests.support.nydus_image import BuiltImage, build_nydus_image, push
+from tests.support.registry import Registry, registry, start_registry  # noqa: F401 (fixture)
+from tests.support.tree import compare, snapshot
+
+VICTIM = "files/chunk-exact"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuse() -> None:
+    require_fuse()
+
+
+@pytest.fixture(scope="module")
+def entry_image(entry_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    return build_nydus_image([entry_tar], tmp_path_factory.mktemp("entry-image"))
+
+
+def _assert_same_tree(source: Path, mountpoint: Path) -> None:
+    problems = compare(snapshot(source), snapshot(mountpoint), ignore_root_mtime=True)
+    assert problems == [], "\n".join(problems[:50])
+
+
+def _regular_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _usr1_stats(mountpoint: Path, stats: Path) -> dict[str, int]:
+    """SIGUSR1 the mount process (found through its pid file) and read what it writes."""
+    pid = int(state_path(mountpoint.resolve(), ".pid").read_text())
+    stats.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not stats.exists():
+        assert time.monotonic() < deadline, "no statistics after SIGUSR1"
+        time.sleep(0.02)
+    result: dict[str, int] = json.loads(stats.read_text())
+    return result
+
+
+def _blob_gets(seen: list[Seen]) -> list[dict[str, str]]:
+    return [s.headers for s in seen if s.method == "GET" and "/blobs/" in s.path]
+
+
+def test_lazy_mount_reads_as_source_with_range_requests(
+    rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
+    entry_image: BuiltImage, tmp_path: Path,
+) -> None:  # fmt: skip
+    push(entry_image, registry.host, "lazy/entry", "v1")
+    stats = tmp_path / "stats.json"
+    with start_fault_proxy(registry.host, Faults()) as proxy:
+        ref = f"docker://{proxy.host}/lazy/entry:v1"
+        with rafs_mount(rafs, ref, tmp_path / "mnt", "--plain-http", "--stats", stats) as mnt:
+            _assert_same_tree(entry_tree, mnt)
+        gets = _blob_gets(proxy.seen)
+    result = json.loads(stats.read_text())
+    blob_bytes = sum(d.size for _, d in entry_image.blobs)
+    assert 0 < result["bytes_fetched"] <= blob_bytes
+    whole = [h for h in gets if "Range" not in h]
+    assert len(whole) == 1  # the bootstrap layer; the blob is only ever read by ranges
+    assert result["requests"] == len(gets) - 1 > 0
+    assert result["corrupt_chunks"] == 0
+
+
+def test_corrupt_chunk_on_the_registry_fails_only_its_reads(
+    rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
+    entry_image: BuiltImage, tmp_path: Path,
+) -> None:  # fmt: skip
+    push(entry_image, registry.host, "lazy/corrupt", "v1")
+    [(layer, blob)] = entry_image.blobs
+    with open_artifact(layer) as artifact:
+        [info] = artifact.image.file_chunks(artifact.image.lookup(VICTIM))
+    faults = Faults(corrupt_at=(blob.digest, info.compressed_offset + info.compressed_size // 2))
+    log = tmp_path / "mount.log"
+    with start_fault_proxy(registry.host, faults) as proxy:
+        ref = f"docker://{proxy.host}/lazy/corrupt:v1"
+        with rafs_mount(rafs, ref, tmp_path / "mnt", "--plain-http", "--log-file", log) as mnt:
+            for _ in range(2):  # not cached: fetched, and refused, again
+                with pytest.raises(OSError) as raised:
+                    (mnt / VICTIM).read_bytes()
+                assert raised.value.errno == errno.EIO
+            for path in _regular_files(entry_tree):
+                relative = path.relative_to(entry_tree)
+                if relative.as_posix() != VICTIM:
+                    assert _sha256(mnt / relative) == _sha256(path), relative
+    errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
+    assert errors and all(blob.digest.hex in e and ("does not match the chunk digest" in e
+                          or "decompress" in e.lower() or "Zstd" in e) for e in errors), errors
+
+
+def test_mount_serves_from_cache_after_the_registry_stops(
+    rafs: RafsRunner, entry_tree: Path, entry_image: BuiltImage, tmp_path: Path
+) -> None:
+    stats = tmp_path / "stats.json"
+    options = ("--plain-http", "--cache-dir", tmp_path / "cache", "--stats", stats)
+    with ExitStack() as running:
+        own = running.enter_context(start_registry(tmp_path / "registry"))
+        ref = push(entry_image, own.host, "lazy/stop", "v1")
+        with rafs_mount(rafs, ref, tmp_path / "mnt", *options) as mnt:
+            _assert_same_tree(entry_tree, mnt)
+            fetched = _usr1_stats(mnt, stats)
+            running.close()  # the registry is gone
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://{own.host}/v2/", timeout=2)
+            for path in _regular_files(mnt):  # drop the page cache: reads reach the mount
+                with path.open("rb") as f:
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            _assert_same_tree(entry_tree, mnt)
+            after = _usr1_stats(mnt, stats)
+    assert after["requests"] == fetched["requests"] and after["corrupt_chunks"] == 0
+    assert after["cache_hits"] > fetched["cache_hits"]
+
+
+@pytest.mark.kernel
+def test_kernel_mount_from_the_registry_equals_source(
+    rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
+    entry_image: BuiltImage, tmp_path: Path,
+) -> None:  # fmt: skip
+    require_kernel_erofs()
+    ref = push(entry_image, registry.host, "lazy/kernel", "v1")
+    options = ("--plain-http", "--cache-dir", tmp_path / "cache", "--kernel")
+    with rafs_mount(rafs, ref, tmp_path / "mnt", *options) as mnt:
+        assert mount_type(mnt.resolve()) == "erofs"
+        _assert_same_tree(entry_tree, mnt)
+
+
+@pytest.mark.slow
+def test_debian_rootfs_starts_lazily_from_the_registry(
+    rafs: RafsRunner, registry: Registry, rootfs: Path, rootfs_tar: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    image = build_nydus_image([rootfs_tar], tmp_path / "build")
+    ref = push(image, registry.host, "lazy/debian", "bookworm")
+    stats = tmp_path / "stats.json"
+    with rafs_mount(rafs, ref, tmp_path / "mnt", "--plain-http", "--stats", stats) as mnt:
+        command = ["chroot", str(mnt), "/bin/sh", "-c", "ls / && cat /etc/os-release"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "bin" in result.stdout.split() and "ID=debian" in result.stdout
+        first = _usr1_stats(mnt, stats)
+        share = first["bytes_fetched"] / image.layer_bytes
+        print(f"\nfetched {first['bytes_fetched']} of {image.layer_bytes} layer bytes "
+              f"({share:.2%}) in {first['requests']} requests")  # fmt: skip
+        assert share < 0.10
+        _assert_same_tree(rootfs, mnt)
