@@ -68,11 +68,12 @@ def _build_options(option: PackOption) -> BuildOptions:
                         chunk_dict_path=option.chunk_dict_path)  # fmt: skip
 
 
-def pack(src: IO[bytes], dest: BinaryIO, option: PackOption = PackOption()) -> str:
+def pack(src: IO[bytes], dest: BinaryIO, option: PackOption = PackOption(), *,
+         name: str = "pack source") -> str:  # fmt: skip
     """Read an OCI layer tar (plain, gzip or zstd) from `src`, write the Nydus layer to `dest`;
-    returns the layer digest."""
+    returns the layer digest. Errors name the source as `name`."""
     options = _build_options(option)
-    return write_layer(open_tar_stream(src), HashingWriter(dest), options, "pack source").digest
+    return write_layer(open_tar_stream(src), HashingWriter(dest), options, name).digest
 
 
 def merge(

@@ -200,3 +200,29 @@ def skopeo_or_none(registry: Registry, name: str, into: Path, tmp: Path) -> Mani
         raise
     layout = OCILayout.open(into)
     return Manifest.from_bytes(layout.read_blob(layout.resolve("x")))
+
+
+def test_a_corrupt_layer_fails_cleanly(rafs: RafsRunner, tmp_path: Path) -> None:
+    """A layer whose bytes match its digest but are no tar at all: one clear line (raised in
+    a conversion worker process), and no image written to the target."""
+    layout = OCILayout.create(tmp_path / "bad")
+    good = gzip.compress(b"\0" * 1024, mtime=0)  # an empty tar: two zero blocks
+    bad = gzip.compress(b"this is not a tar archive" * 50, mtime=0)
+    layers = tuple(Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(blob), len(blob))
+                   for blob in (good, bad))  # fmt: skip
+    diff_ids = [str(Digest.of(gzip.decompress(blob))) for blob in (good, bad)]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
+    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
+    layout.put_manifest(Manifest(config_desc, layers), "v1")
+    target = tmp_path / "out"
+    result = rafs("convert", f"oci:{layout.root}:v1", f"oci:{target}:v1",
+                  "--store", tmp_path / "store", check=False)  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert result.returncode == 8 and len(lines) == 1, (result.returncode, lines)
+    assert lines[0].startswith("rafs: ") and bad_digest(layers) in lines[0], lines
+    assert not (target / "index.json").exists() or OCILayout.open(target).tags() == []
+
+
+def bad_digest(layers: tuple[Descriptor, ...]) -> str:
+    return str(layers[1].digest)

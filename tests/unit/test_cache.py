@@ -24,7 +24,7 @@ from rafs.content import Store, read_blob, write_blob
 from rafs.content.local import LocalStore
 from rafs.content.memory import MemoryStore
 from rafs.digest import Digest, chain_id
-from rafs.errors import InvalidArgument, NotFound
+from rafs.errors import FormatError, InvalidArgument, NotFound
 from rafs.oci import Descriptor
 from rafs.oci.constants import NYDUS_BLOB
 from rafs.oci.constants import OCI_LAYER_GZIP as LAYER_GZIP
@@ -266,3 +266,20 @@ def test_concurrent_ensure_converts_exactly_once(tmp_path: Path) -> None:
     assert len(results) == 10 and results.count(True) == 1, (results, outputs)
     nydus = [info for info in cache.store.walk(f"labels.{MEDIA_TYPE_LABEL}=={NYDUS_BLOB}")]
     assert len(nydus) == 1
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.NYDUS])
+def test_a_corrupt_layer_is_a_format_error_naming_it(tmp_path: Path,
+                                                    compression: Compression) -> None:  # fmt: skip
+    """gzip whose deflate stream is damaged: converting it fails with one message naming
+    the layer, and no variant is linked."""
+    cache = CacheManager(MemoryStore(), tmp_path / "cache")
+    blob = bytearray(gzip.compress(LOWER, mtime=0))
+    blob[len(blob) // 2] ^= 0xFF
+    digest = write_blob(cache.store, "bad", io.BytesIO(bytes(blob)), expected=Digest.of(blob))
+    ref = cache.get_by_blob(Descriptor(LAYER_GZIP, digest, len(blob),
+                                       {UNCOMPRESSED: Digest.of(LOWER)}))  # fmt: skip
+    with pytest.raises(FormatError, match=f"layer {digest}"):
+        ref.ensure_compression(compression)
+    with pytest.raises(NotFound):
+        ref.get_blob_with_compression(compression)

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import secrets
 import tempfile
+import zlib
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import IO, BinaryIO, cast
@@ -30,7 +31,7 @@ from rafs.api import pack, unpack
 from rafs.builder.source import open_tar_stream
 from rafs.content import Store, as_file, exists, open_writer
 from rafs.digest import Digest
-from rafs.errors import AlreadyExists, InvalidArgument
+from rafs.errors import AlreadyExists, FormatError, InvalidArgument, RafsError
 from rafs.oci import Descriptor
 from rafs.oci import constants as mt
 
@@ -97,16 +98,15 @@ def convert_blob(store: Store, source: Descriptor, target: Compression) -> Descr
         raise InvalidArgument(f"blob {source.digest}: media type {source.media_type!r} "
                               "is not a layer compression this cache converts")  # fmt: skip
     ref = f"convert-from-{source.digest}-to-{target.value}-{secrets.token_hex(8)}"
-    with store.reader_at(source.digest) as reader, _tar_of(
-        as_file(reader), from_compression, source.digest
-    ) as tar, open_writer(store, ref) as writer:  # fmt: skip
+    with store.reader_at(source.digest) as reader, open_writer(store, ref) as writer:
         writer.truncate(0)
-        if target is Compression.NYDUS:
-            pack(tar, cast(BinaryIO, writer))
+        if target is Compression.NYDUS:  # from a tar: pack undoes its compression itself
+            pack(as_file(reader), cast(BinaryIO, writer), name=f"layer {source.digest}")
             diff_id = writer.digest()
             annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id, mt.NYDUS_BLOB_ANNOTATION: "true"}
         else:
-            diff_id = _compress(tar, cast(BinaryIO, writer), target)
+            with _tar_of(as_file(reader), from_compression, source.digest) as tar:
+                diff_id = _compress(tar, cast(BinaryIO, writer), target, source.digest)
             annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id}
         digest = writer.digest()
         size = writer.status().offset
@@ -122,19 +122,30 @@ def _tar_of(blob: BinaryIO, compression: Compression, name: str) -> Iterator[IO[
         yield open_tar_stream(blob)
         return
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
-        unpack(blob, cast(BinaryIO, spool))
+        try:
+            unpack(blob, cast(BinaryIO, spool))
+        except RafsError as exc:
+            raise type(exc)(f"layer {name}: {exc}") from None
         spool.seek(0)
         yield cast(IO[bytes], spool)
 
 
-def _compress(tar: IO[bytes], out: BinaryIO, target: Compression) -> Digest:
+def _compress(tar: IO[bytes], out: BinaryIO, target: Compression, name: str) -> Digest:
     """Copy `tar` into `out` with `target` compression; returns the tar's sha256 digest."""
     diff = hashlib.sha256()
     with _compressor(out, target) as sink:
-        while block := tar.read(_BLOCK):
+        while block := _read(tar, name):
             diff.update(block)
             sink.write(block)
     return Digest.from_hex(diff.hexdigest())
+
+
+def _read(stream: IO[bytes], name: str) -> bytes:
+    """The next block of a decompressing stream; corrupt input is a `FormatError`."""
+    try:
+        return stream.read(_BLOCK)
+    except (gzip.BadGzipFile, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        raise FormatError(f"layer {name}: corrupt compressed data: {exc}") from None
 
 
 @contextlib.contextmanager
