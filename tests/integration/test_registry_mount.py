@@ -1,10 +1,11 @@
 """Lazy FUSE mounts straight from a registry: `rafs mount docker://... --plain-http`.
 
-Images are built as nydus-snapshotter lays them out (tests/support/nydus_image) and pushed to
-Debian's docker-registry on loopback; the mounts are real FUSE mounts made by the command
-line. A loopback proxy in front of the registry records every request (so a test can see
-the Range requests) and, for the corruption test, damages one chunk of one blob in every
-ranged answer that covers it.
+Images are built as nydus-snapshotter lays them out (tests/support/nydus_image) and pushed
+to Debian's docker-registry on loopback; the Debian one is an OCI image made by umoci and
+converted by `rafs convert`. The mounts are real FUSE mounts made by the command line. A
+loopback proxy in front of the registry records every request (so a test can see the Range
+requests) and, for the corruption test, damages one chunk of one blob in every ranged
+answer that covers it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ import httpx
 import pytest
 
 from rafs.cli.mount import mount_type, state_path
+from rafs.oci import Manifest
 from rafs.reader.artifact import open_artifact
+from rafs.registry import RegistryClient
 from tests.conftest import RafsRunner
+from tests.support import oci
 from tests.support.fault_proxy import Faults, Seen, start_fault_proxy
 from tests.support.fuse import rafs_mount, require_fuse
 from tests.support.kernel import require_kernel_erofs
 from tests.support.nydus_image import BuiltImage, build_nydus_image, push
+from tests.support.oci import require_umoci
 from tests.support.registry import Registry, registry, start_registry  # noqa: F401 (fixture)
 from tests.support.tree import compare, snapshot
 
@@ -162,8 +167,18 @@ def test_debian_rootfs_starts_lazily_from_the_registry(
     rafs: RafsRunner, registry: Registry, rootfs: Path, rootfs_tar: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    image = build_nydus_image([rootfs_tar], tmp_path / "build")
-    ref = push(image, registry.host, "lazy/debian", "bookworm")
+    # The image as a user gets it: an OCI image (umoci gzips the layer) converted and
+    # pushed by `rafs convert`.
+    require_umoci()
+    oci.new_image(tmp_path / "oci", "bookworm")
+    oci.add_raw_layer(tmp_path / "oci", "bookworm", rootfs_tar)
+    ref = f"docker://{registry.host}/lazy/debian:bookworm"
+    rafs("convert", f"oci:{tmp_path / 'oci'}:bookworm", ref, "--plain-http",
+         "--store", tmp_path / "store")  # fmt: skip
+    with RegistryClient(registry.host, plain_http=True) as client:
+        manifest = Manifest.from_bytes(client.repository("lazy/debian").get_manifest(
+            "bookworm")[1])  # fmt: skip
+    layer_bytes = sum(layer.size for layer in manifest.layers)
     stats = tmp_path / "stats.json"
     with rafs_mount(rafs, ref, tmp_path / "mnt", "--plain-http", "--stats", stats) as mnt:
         command = ["chroot", str(mnt), "/bin/sh", "-c", "ls / && cat /etc/os-release"]
@@ -171,8 +186,8 @@ def test_debian_rootfs_starts_lazily_from_the_registry(
         assert result.returncode == 0, result.stderr
         assert "bin" in result.stdout.split() and "ID=debian" in result.stdout
         first = _usr1_stats(mnt, stats)
-        share = first["bytes_fetched"] / image.layer_bytes
-        print(f"\nfetched {first['bytes_fetched']} of {image.layer_bytes} layer bytes "
+        share = first["bytes_fetched"] / layer_bytes
+        print(f"\nfetched {first['bytes_fetched']} of {layer_bytes} layer bytes "
               f"({share:.2%}) in {first['requests']} requests")  # fmt: skip
         assert share < 0.10
         _assert_same_tree(rootfs, mnt)
