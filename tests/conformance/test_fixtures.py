@@ -71,7 +71,8 @@ def test_inodes_dirents_and_chunk_indexes_round_trip(boot: bytes) -> None:
     tail = boot[meta + 4096 + 64 : meta + 4096 + 64 + root.i_size]
     entries = unpack_dirent_block(tail, root.i_size)
     assert [name for name, _ in entries] == [b".", b"..", b"lib.rs", b"sync_io.rs"]
-    packed = pack_dirent_block([(n, d.e_nid, d.e_file_type) for n, d in entries], 4096, pad=False)
+    packed = pack_dirent_block([n for n, _ in entries], [d.e_nid for _, d in entries],
+                               [d.e_file_type for _, d in entries], 4096, pad=False)  # fmt: skip
     assert packed == tail
     for nid, blkaddr, ci_index in ((133, 0, 0), (136, 5, 1)):
         inode = unpack_inode(boot, meta + nid * 32)

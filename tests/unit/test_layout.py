@@ -12,12 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from rafs.builder.bootstrap import BootstrapOptions, write_bootstrap
-from rafs.builder.from_bootstrap import tree_from_bootstrap
 from rafs.format.blobtable import Compressor, Digester
 from rafs.format.chunktable import ChunkInfo
 from rafs.format.inode import InodeExtended
 from rafs.format.superblock import RafsSuperFlags, SuperBlockExt
 from rafs.reader.image import RafsImage
+from tests.support.merge_reference import tree_from_bootstrap
 
 
 def _normalise(data: bytes) -> bytes:

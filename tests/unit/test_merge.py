@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 from pathlib import Path
 
@@ -11,12 +12,13 @@ import pytest
 from rafs.builder.layer import build_layer
 from rafs.builder.merge import MergeLayer, MergeOptions, merge_layers, write_bootstrap_tar
 from rafs.builder.options import BuildOptions
-from rafs.errors import FormatError, InvalidArgument, NotFound
+from rafs.errors import FormatError, InvalidArgument, NotFound, RafsError
 from rafs.format.superblock import RafsSuperFlags
 from rafs.reader.artifact import open_artifact
 from rafs.reader.blobs import BlobSet, read_file
 from rafs.reader.image import RafsImage
 from tests.conftest import RafsRunner
+from tests.support.merge_reference import reference_merge
 from tests.support.tarballs import make_tar
 
 Entries = list[tuple[str, bytes | None, dict[str, object]]]
@@ -227,3 +229,135 @@ def test_cli_merge_bad_input_is_one_line(tmp_path: Path, rafs: RafsRunner) -> No
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("rafs: ")
         assert "Traceback" not in result.stderr
         assert not out.exists()
+
+
+# -- the byte-level merge gives the object path's bytes --------------------------------------
+
+_DIRS = ["", "a", "a/b", "a/b/c", "d", "-x", ".-y", "wide"]
+_LEAVES = ["f", "g", "-h", ".i", "j" * 120, "k", "a", "d"]
+
+
+def _random_layer(rng: random.Random, contents: list[bytes], spec_bias: str) -> Entries:
+    """Up to ~40 entries of every kind, whiteouts and opaque directories included; no path
+    is used twice and nothing is put under a non-directory of the same layer."""
+    entries: dict[str, tuple[bytes | None, dict[str, object]]] = {}
+    files: list[str] = []
+
+    def free(path: str, is_dir: bool) -> bool:
+        parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
+        if path in entries or any(p in entries and entries[p][0] is not None for p in parents):
+            return False
+        return is_dir or not any(other.startswith(path + "/") for other in entries)
+
+    def attrs() -> dict[str, object]:
+        chosen: dict[str, object] = {"mode": rng.choice([0o644, 0o755, 0o4750, 0o600]),
+                                     "uid": rng.choice([0, 0, 1000]),
+                                     "mtime": rng.choice([0, 1_700_000_000])}  # fmt: skip
+        if rng.random() < 0.15:
+            chosen["pax_headers"] = {"SCHILY.xattr.user.b": "2" * rng.randint(1, 9),
+                                     "SCHILY.xattr.security.a": "1"}  # fmt: skip
+        return chosen
+
+    if rng.random() < 0.3:  # a directory of several dirent blocks
+        for number in range(rng.randint(150, 400)):
+            entries[f"wide/{'n' * rng.randint(1, 60)}{number}"] = (rng.choice(contents), {})
+    for _ in range(rng.randint(3, 40)):
+        parent = rng.choice(_DIRS)
+        path = f"{parent}/{rng.choice(_LEAVES)}".lstrip("/")
+        kind = rng.random()
+        if kind < 0.3 and free(path, False):
+            entries[path] = (rng.choice(contents), attrs())
+            files.append(path)
+        elif kind < 0.45 and free(path, True):
+            implied = {"mode": 0o755, "uid": 0, "gid": 0, "mtime": 0}
+            dir_attrs = implied if rng.random() < 0.5 else attrs()
+            if spec_bias == "overlayfs" and rng.random() < 0.3:
+                opaque = {"SCHILY.xattr.trusted.overlay.opaque": rng.choice(["y", "n"])}
+                dir_attrs = {**dir_attrs, "pax_headers": opaque}
+            entries[path] = (None, dir_attrs)
+        elif kind < 0.55 and free(path, False):
+            target = rng.choice(["f", "../a/b", "x" * rng.choice([10, 4000, 4096])])
+            entries[path] = (None, {"type": tarfile.SYMTYPE, "linkname": target})
+        elif kind < 0.62 and files and free(path, False):
+            entries[path] = (None, {"type": tarfile.LNKTYPE, "linkname": rng.choice(files)})
+        elif kind < 0.7 and free(path, False):
+            kind_attrs: dict[str, object] = rng.choice([
+                {"type": tarfile.CHRTYPE, "devmajor": 0, "devminor": 0},
+                {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3},
+                {"type": tarfile.BLKTYPE, "devmajor": 8, "devminor": 300},
+                {"type": tarfile.FIFOTYPE},
+            ])  # fmt: skip
+            entries[path] = (None, kind_attrs)
+        elif kind < 0.9:
+            leaf = rng.choice([*_LEAVES, "zz"])
+            whiteout = f"{parent}/.wh.{leaf}".lstrip("/")
+            if free(whiteout, False):
+                entries[whiteout] = (b"", {})
+        else:
+            marker = f"{parent}/.wh..wh..opq".lstrip("/")
+            if free(marker, False):
+                entries[marker] = (b"", {})
+    return [(path, data, extra) for path, (data, extra) in entries.items()]
+
+
+@pytest.mark.parametrize("seed", range(14))
+def test_merge_matches_the_object_path(tmp_path: Path, seed: int) -> None:
+    """Random stacks of every entry kind, whiteout and replacement, under each whiteout
+    spec, with multi-chunk and shared chunks, chunk dictionaries and prefetch patterns."""
+    rng = random.Random(seed)
+    chunk_size = rng.choice([0x1000, 0x1000, 0x10000, 0x100000])
+    shared = rng.randbytes(3 * 0x1000 + 5)
+    one, two = rng.randbytes(0x1000), rng.randbytes(0x1000)  # whole chunks at 4 KiB
+    contents = [b"", b"x", b"y" * 100, shared, b"a" * (2 * 0x10000 + 1), rng.randbytes(200),
+                one, two + one, one + two + one]  # fmt: skip  # `one` at several file offsets
+    spec = ["oci", "overlayfs", "none"][seed % 3]
+    stack = Stack(tmp_path)
+    chunk_dict = tmp_path / "dict.boot"
+    for number in range(rng.randint(1, 5)):
+        entries = _random_layer(rng, contents, spec)
+        if number == 0:
+            source = tmp_path / "dict.tar"
+            source.write_bytes(make_tar([*entries, ("dict-only", shared + b"!", {})]))
+            build_layer(source, tmp_path / "dict-layer", BuildOptions(chunk_size=chunk_size),
+                        bootstrap_path=chunk_dict)  # fmt: skip
+        options: dict[str, object] = {"chunk_size": chunk_size}
+        if rng.random() < 0.3:
+            options["chunk_dict_path"] = chunk_dict
+        stack.add(entries, **options)
+    patterns = rng.choice([("/",), (), ("/a", "/a/b", "/nope", "/d/f", "/wide", "/-x/f")])
+    layers = [MergeLayer(f"sha256:{p.name}", p.open("rb")) for p in stack.paths]
+    try:
+        merged = merge_layers(layers, MergeOptions(spec, patterns))
+        expected = reference_merge(layers, MergeOptions(spec, patterns))
+    finally:
+        for layer in layers:
+            layer.reader.close()
+    assert merged.blob_digests == expected.blob_digests
+    assert merged.bootstrap == expected.bootstrap
+
+
+def test_corrupt_layer_bootstraps_give_format_errors(tmp_path: Path) -> None:
+    """A byte changed anywhere in a layer bootstrap: merge gives the object path's bytes or
+    a `RafsError`, never another exception. (It may accept what the object path refuses
+    when the damage is in inodes merge does not use, such as whiteouts.)"""
+    rng = random.Random(5)
+    entries = _random_layer(rng, [b"", b"x", rng.randbytes(5000), b"a" * 9000], "oci")
+    entries += [("h/a", b"q", {}), ("h/b", None, {"type": tarfile.LNKTYPE, "linkname": "h/a"}),
+                ("s", None, {"type": tarfile.SYMTYPE, "linkname": "x" * 4090})]  # fmt: skip
+    source = tmp_path / "layer.tar"
+    source.write_bytes(make_tar(entries))
+    build_layer(source, tmp_path / "layer", BuildOptions(chunk_size=0x1000),
+                bootstrap_path=tmp_path / "boot")  # fmt: skip
+    boot = (tmp_path / "boot").read_bytes()
+    for position in range(0, len(boot), 13):
+        data = bytearray(boot)
+        data[position] ^= rng.randrange(1, 256)
+        results: list[bytes | None] = []
+        for merge in (merge_layers, reference_merge):
+            layer = MergeLayer("sha256:" + "1" * 64, io.BytesIO(bytes(data)))
+            try:
+                results.append(merge([layer], MergeOptions()).bootstrap)
+            except RafsError:
+                results.append(None)
+        if results[0] is not None and results[1] is not None:
+            assert results[0] == results[1], f"flip at {position}"

@@ -15,10 +15,10 @@ a whole number of 4 KiB blocks.
 
 from __future__ import annotations
 
-import stat
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple, TypeVar
 
 from rafs.builder.tree import Chunk, Inode
 from rafs.errors import InvalidArgument
@@ -27,6 +27,7 @@ from rafs.format.chunktable import ChunkFlags, ChunkInfo, pack_prefetch_table
 from rafs.format.dirent import dirent_blocks, pack_dirent_block
 from rafs.format.inode import (
     EROFS_CHUNK_FORMAT_INDEXES,
+    EROFS_FT_DIR,
     EROFS_INODE_SLOT_SIZE,
     DataLayout,
     InodeExtended,
@@ -51,6 +52,8 @@ DEVICE_TABLE_OFFSET = 0x580
 MAPPED_BLKADDR_ALIGN = 0x8_0000  # flat-device blobs start on 512 KiB boundaries
 MAX_BLOBS = 254
 
+_T = TypeVar("_T")
+
 COMPRESSION_FLAG = {
     Compressor.NONE: RafsSuperFlags.COMPRESSION_NONE,
     Compressor.LZ4_BLOCK: RafsSuperFlags.COMPRESSION_LZ4,
@@ -69,7 +72,6 @@ class BootstrapOptions:
     compressor: Compressor
     digester: Digester
     explicit_uid_gid: bool = True
-    force_has_xattr: bool = False  # `merge` always sets HAS_XATTR
     prefetch_patterns: tuple[str, ...] = ("/",)
 
 
@@ -92,7 +94,7 @@ class _Placed:
         return self.offset // EROFS_INODE_SLOT_SIZE
 
 
-class _Allocator:
+class Allocator:
     """The metadata cursor and the free block tails (nydus `BootstrapContext`)."""
 
     def __init__(self) -> None:
@@ -133,6 +135,18 @@ class _Allocator:
         self.offset += size
         return offset
 
+    def place_file(self, size: int) -> int:
+        """Place a regular file's inode and chunk indexes: in a block tail if one fits, else
+        at the cursor; the cursor ends on an inode slot. (`take_tail or take`, then `align`,
+        with fewer calls: this runs once per file.)"""
+        if size < BLOCK and self._nonempty >> (size + 31) // 32:
+            offset = self.take_tail(size)
+            self.align(EROFS_INODE_SLOT_SIZE)
+            return offset
+        offset = self.offset
+        self.offset = (offset + size + 31) // 32 * 32
+        return offset
+
     def place_with_tail(self, inode_size: int, data_size: int) -> tuple[int, DataLayout, int]:
         """Place a directory or symlink; (inode offset, layout, first data block offset)."""
         tail = data_size % BLOCK
@@ -166,7 +180,7 @@ class _Layout:
 
     def __init__(self, root: Inode, chunk_size: int) -> None:
         self.chunk_size = chunk_size
-        self.alloc = _Allocator()
+        self.alloc = Allocator()
         self.placed: dict[int, _Placed] = {}
         self.parent: dict[int, Inode] = {id(root): root}
         self.names: dict[int, list[bytes]] = {}  # sorted child names of each directory
@@ -192,7 +206,7 @@ class _Layout:
         alloc = self.alloc
         if inode.is_reg:
             total = align_up(inode_size, 8) + 8 * self._chunk_count(inode)
-            placed = _Placed(inode, ino, alloc.take_tail(total) or alloc.take(total), inode_size,
+            placed = _Placed(inode, ino, alloc.place_file(total), inode_size,
                              DataLayout.CHUNK_BASED)  # fmt: skip
         elif inode.is_symlink:
             offset, layout, data_offset = alloc.place_with_tail(inode_size, len(inode.target))
@@ -254,56 +268,88 @@ def _walk_bfs(root: Inode, layout: _Layout) -> Iterator[Inode]:
                 pending.append(child)
 
 
-def chunk_format(inode: Inode, chunk_size: int) -> int:
-    """`i_u` of a chunk-based inode: one big chunk when the data is contiguous in its blob."""
-    chunks = inode.chunks
-    size = chunk_size
-    if inode.size > chunk_size and all(
-        c.blob_index == chunks[0].blob_index
-        and c.uncompressed_offset == chunks[0].uncompressed_offset + i * chunk_size
-        for i, c in enumerate(chunks)
-    ):
-        size = 1 << (inode.size - 1).bit_length()
-    return EROFS_CHUNK_FORMAT_INDEXES | (size.bit_length() - 1 - EROFS_BLKSZBITS)
+def chunk_format(size: int, chunk_size: int, contiguous: bool) -> int:
+    """`i_u` of a chunk-based inode: one big chunk (the size rounded up to a power of two)
+    when the file is larger than a chunk and its chunks lie back to back in one blob."""
+    chunk = 1 << (size - 1).bit_length() if size > chunk_size and contiguous else chunk_size
+    return EROFS_CHUNK_FORMAT_INDEXES | (chunk.bit_length() - 1 - EROFS_BLKSZBITS)
 
 
-def _prefetch_nids(root: Inode, layout: _Layout, patterns: Sequence[str]) -> list[int]:
-    """Nids of the prefetch patterns that exist, in pattern order, minus covered ones."""
-    nids: list[int] = []
+def is_contiguous(chunks: Sequence[tuple[int, int]], chunk_size: int) -> bool:
+    """Whether chunks, as (blob index, uncompressed offset), follow each other in one blob."""
+    blob, start = chunks[0]
+    return all(b == blob and offset == start + i * chunk_size
+               for i, (b, offset) in enumerate(chunks))  # fmt: skip
+
+
+def prefetch_targets(patterns: Sequence[str], lookup: Callable[[bytes], _T | None]) -> list[_T]:
+    """What `lookup` finds (e.g. the nid) at each prefetch pattern's path that exists, in
+    pattern order, leaving out patterns under an earlier one."""
+    found: list[_T] = []
     kept: list[bytes] = []
     for pattern in patterns:
         path = b"/" + pattern.encode().strip(b"/")
         if any(path == k or path.startswith(k.rstrip(b"/") + b"/") for k in kept):
             continue
-        node: Inode | None = root
-        for part in path.split(b"/"):
-            if part and node is not None:
-                node = node.children.get(part)
-        if node is not None:
+        target = lookup(path)
+        if target is not None:
             kept.append(path)
-            nids.append(layout.placed[id(node)].nid)
-    return nids
+            found.append(target)
+    return found
+
+
+def _lookup(root: Inode, layout: _Layout, path: bytes) -> int | None:
+    """The nid at an absolute path of a laid-out tree, or None."""
+    node: Inode | None = root
+    for part in path.split(b"/"):
+        if part and node is not None:
+            node = node.children.get(part)
+    return None if node is None else layout.placed[id(node)].nid
 
 
 def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapOptions) -> bytes:
     """The complete RAFS v6 bootstrap of `root` whose chunks live in `blobs` (table order)."""
-    if len(blobs) > MAX_BLOBS:
-        raise InvalidArgument(f"{len(blobs)} blobs: RAFS v6 allows at most {MAX_BLOBS}")
+    check_blob_count(len(blobs))
     layout = _Layout(root, options.chunk_size)
-    blob_table_offset = align_up(DEVICE_TABLE_OFFSET + 128 * len(blobs), BLOCK)
-    prefetch = _prefetch_nids(root, layout, options.prefetch_patterns) if blobs else []
-    prefetch_offset = blob_table_offset + 256 * len(blobs)
-    meta_addr = align_up(prefetch_offset + 4 * len(prefetch), BLOCK) if blobs else 0
-    chunk_table = _chunk_table(root, layout)
-    chunk_table_offset = align_up(meta_addr + layout.end, BLOCK)
-    size = align_up(chunk_table_offset + ChunkInfo.SIZE * len(chunk_table), BLOCK)
-    image = bytearray(size)
-
-    has_xattr = options.force_has_xattr
+    prefetch = []
+    if blobs:
+        prefetch = prefetch_targets(options.prefetch_patterns,
+                                    lambda path: _lookup(root, layout, path))  # fmt: skip
+    meta_block = table_layout(len(blobs), len(prefetch)).meta_addr // BLOCK
+    meta = bytearray(layout.end)
+    has_xattr = False
     for placed in layout.placed.values():
         has_xattr |= bool(placed.inode.xattrs)
-        _dump_inode(image, placed, layout, meta_addr, options.chunk_size)
+        _dump_inode(meta, placed, layout, meta_block, options.chunk_size)
+    flags = superblock_flags(options, has_xattr, blobs)
+    return assemble_bootstrap(meta, blobs, prefetch, b"".join(_chunk_table(root, layout)),
+                              layout.node_count, flags, options.chunk_size)  # fmt: skip
 
+
+def check_blob_count(count: int) -> None:
+    if count > MAX_BLOBS:
+        raise InvalidArgument(f"{count} blobs: RAFS v6 allows at most {MAX_BLOBS}")
+
+
+class TableLayout(NamedTuple):
+    """Where the tables before the metadata area go (`v6_dump`)."""
+
+    blob_table_offset: int
+    prefetch_offset: int
+    meta_addr: int  # file offset of pre-shift offset 0; the root inode is at meta_addr + 4096
+
+
+def table_layout(blob_count: int, prefetch_count: int) -> TableLayout:
+    """The offsets of the blob table, prefetch table and metadata area for table sizes."""
+    blob_table_offset = align_up(DEVICE_TABLE_OFFSET + 128 * blob_count, BLOCK)
+    prefetch_offset = blob_table_offset + 256 * blob_count
+    meta_addr = align_up(prefetch_offset + 4 * prefetch_count, BLOCK) if blob_count else 0
+    return TableLayout(blob_table_offset, prefetch_offset, meta_addr)
+
+
+def superblock_flags(options: BootstrapOptions, has_xattr: bool,
+                     blobs: Sequence[BlobEntry]) -> RafsSuperFlags:  # fmt: skip
+    """The extended superblock's `s_flags` for these options, xattr use and blobs."""
     flags = (COMPRESSION_FLAG[options.compressor] | DIGEST_FLAG[options.digester]
              | RafsSuperFlags.ENCRYPTION_NONE)  # fmt: skip
     if options.explicit_uid_gid:
@@ -312,6 +358,31 @@ def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapO
         flags |= RafsSuperFlags.HAS_XATTR
     if all(b.features & BlobFeatures.INLINED_CHUNK_DIGEST for b in blobs):
         flags |= RafsSuperFlags.INLINED_CHUNK_DIGEST
+    return flags
+
+
+def assemble_bootstrap(
+    meta: bytes | bytearray,
+    blobs: Sequence[BlobEntry],
+    prefetch: Sequence[int],
+    chunk_table: bytes,
+    node_count: int,
+    flags: int,
+    chunk_size: int,
+) -> bytes:
+    """The bootstrap file around a laid-out metadata area.
+
+    `meta` holds the inodes and directory/symlink blocks at their pre-shift offsets (the
+    root at 4096; nothing below it), `chunk_table` the packed chunk table entries. Adds the
+    superblocks, device slots, blob table and prefetch table in front and the chunk table
+    behind, each where `v6_dump` puts it, and pads the file to whole blocks.
+    """
+    tables = table_layout(len(blobs), len(prefetch))
+    meta_addr = tables.meta_addr
+    chunk_table_offset = align_up(meta_addr + len(meta), BLOCK)
+    size = align_up(chunk_table_offset + len(chunk_table), BLOCK)
+    image = bytearray(size)
+    image[meta_addr + BLOCK : meta_addr + len(meta)] = memoryview(meta)[BLOCK:]
 
     mapped = size
     for index, blob in enumerate(blobs):
@@ -321,15 +392,15 @@ def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapO
         slot = DeviceSlot(blob.blob_id, blocks, blkaddr)
         slot_at = DEVICE_TABLE_OFFSET + 128 * index
         image[slot_at : slot_at + 128] = slot.pack()
-        entry = replace(blob, blob_index=index, chunk_size=options.chunk_size)
-        entry_at = blob_table_offset + 256 * index
+        entry = replace(blob, blob_index=index, chunk_size=chunk_size)
+        entry_at = tables.blob_table_offset + 256 * index
         image[entry_at : entry_at + 256] = entry.pack()
-    image[prefetch_offset : prefetch_offset + 4 * len(prefetch)] = pack_prefetch_table(prefetch)
-    table = b"".join(chunk_table)
-    image[chunk_table_offset : chunk_table_offset + len(table)] = table
+    prefetch_at = tables.prefetch_offset
+    image[prefetch_at : prefetch_at + 4 * len(prefetch)] = pack_prefetch_table(list(prefetch))
+    image[chunk_table_offset : chunk_table_offset + len(chunk_table)] = chunk_table
 
     superblock = SuperBlock(
-        s_inos=layout.node_count,
+        s_inos=node_count,
         s_blocks=sum(b.uncompressed_size // BLOCK for b in blobs),
         s_meta_blkaddr=meta_addr // BLOCK,
         s_extra_devices=len(blobs),
@@ -337,12 +408,12 @@ def write_bootstrap(root: Inode, blobs: Sequence[BlobEntry], options: BootstrapO
     image[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE] = superblock.pack()
     ext = SuperBlockExt(
         s_flags=int(flags),
-        s_blob_table_offset=blob_table_offset,
+        s_blob_table_offset=tables.blob_table_offset,
         s_blob_table_size=256 * len(blobs),
-        s_chunk_size=options.chunk_size,
+        s_chunk_size=chunk_size,
         s_chunk_table_offset=chunk_table_offset,
-        s_chunk_table_size=ChunkInfo.SIZE * len(chunk_table),
-        s_prefetch_table_offset=prefetch_offset if prefetch else 0,
+        s_chunk_table_size=len(chunk_table),
+        s_prefetch_table_offset=prefetch_at if prefetch else 0,
         s_prefetch_table_size=4 * len(prefetch),
     )
     image[RAFS_EXT_SUPER_OFFSET : RAFS_EXT_SUPER_OFFSET + SuperBlockExt.SIZE] = ext.pack()
@@ -367,11 +438,12 @@ def _chunk_table(root: Inode, layout: _Layout) -> list[bytes]:
     ]  # fmt: skip
 
 
-def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: int,
+def _dump_inode(meta: bytearray, placed: _Placed, layout: _Layout, meta_block: int,
                 chunk_size: int) -> None:  # fmt: skip
+    """Write one inode (and its directory or symlink data) into the metadata area."""
     inode = placed.inode
-    start = meta_addr + placed.offset
-    data_block = (meta_addr + placed.data_offset) // BLOCK
+    start = placed.offset
+    data_block = meta_block + placed.data_offset // BLOCK
     tail = b""
     if inode.is_dir:
         i_size = placed.data_size
@@ -389,7 +461,10 @@ def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: i
         else:
             data = inode.target
     elif inode.is_reg:
-        i_size, i_u = inode.size, chunk_format(inode, chunk_size)
+        contiguous = bool(inode.chunks) and is_contiguous(
+            [(c.blob_index, c.uncompressed_offset) for c in inode.chunks], chunk_size
+        )
+        i_size, i_u = inode.size, chunk_format(inode.size, chunk_size, contiguous)
         data = b""
     else:
         i_size, i_u, data = 0, inode.rdev, b""
@@ -404,10 +479,9 @@ def _dump_inode(image: bytearray, placed: _Placed, layout: _Layout, meta_addr: i
         body = body.ljust(align_up(len(body), 8), b"\0") + pack_chunk_addrs(
             [(c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK) for c in inode.chunks]
         )
-    image[start : start + len(body)] = body
+    meta[start : start + len(body)] = body
     if data:
-        data_start = meta_addr + placed.data_offset
-        image[data_start : data_start + len(data)] = data
+        meta[placed.data_offset : placed.data_offset + len(data)] = data
 
 
 def _dir_blocks(directory: Inode, placed: _Placed, layout: _Layout) -> list[bytes]:
@@ -415,21 +489,26 @@ def _dir_blocks(directory: Inode, placed: _Placed, layout: _Layout) -> list[byte
     names = _entry_names(layout.names[id(directory)])
     counts, _ = dirent_blocks(names, BLOCK)
     parent_nid = layout.placed[id(layout.parent[id(directory)])].nid
+    nids, types = [], []
+    for name in names:
+        if name == b".":
+            nids.append(placed.nid)
+            types.append(EROFS_FT_DIR)
+        elif name == b"..":
+            nids.append(parent_nid)
+            types.append(EROFS_FT_DIR)
+        else:
+            child = directory.children[name]
+            nids.append(layout.placed[id(child)].nid)
+            types.append(file_type_of_mode(child.mode))
     blocks = []
     position = 0
     for number, count in enumerate(counts):
-        entries = []
-        for name in names[position : position + count]:
-            if name == b".":
-                entries.append((name, placed.nid, file_type_of_mode(stat.S_IFDIR)))
-            elif name == b"..":
-                entries.append((name, parent_nid, file_type_of_mode(stat.S_IFDIR)))
-            else:
-                child = directory.children[name]
-                entries.append((name, layout.placed[id(child)].nid,
-                                file_type_of_mode(child.mode)))  # fmt: skip
-        position += count
-        blocks.append(pack_dirent_block(entries, BLOCK, pad=number + 1 < len(counts)))
+        end = position + count
+        blocks.append(pack_dirent_block(names[position:end], nids[position:end],
+                                        types[position:end], BLOCK,
+                                        pad=number + 1 < len(counts)))  # fmt: skip
+        position = end
     return blocks
 
 

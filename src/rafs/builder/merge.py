@@ -1,35 +1,32 @@
 """Merge layer bootstraps, lowest first, into one image bootstrap (`nydus-image merge`).
 
 Each layer is a Nydus layer (or a bare bootstrap) plus its digest. Its bootstrap is found
-from the end of the layer (ToC, else tar headers), read into a tree, and stacked with
-overlay semantics (`overlay.py`). Every layer's own blob is renamed to the layer digest
-(hex) and loses INLINED_FS_META; blobs a layer references through a chunk dictionary keep
-their ids (and appear once however many layers use them). The blob table lists the blobs
-in the order the merged tree
-first references them (breadth first), so blobs of layers whose files were all deleted, and
-of metadata-only layers, drop out. All layers must share one chunk size; the compressor and
-digester recorded are those of the top layer, and HAS_XATTR is always set, as nydus does.
+from the end of the layer (ToC, else tar headers) and stacked on the layers below with
+overlay semantics on names (`overlay.py`); the merged tree's inodes are then copied from the
+layers' bytes into the new layout (`merge_writer.py`), so merge costs a few microseconds per
+inode. Every layer's own blob is renamed to the layer digest (hex) and loses
+INLINED_FS_META; blobs a layer references through a chunk dictionary keep their ids (and
+appear once however many layers use them). The blob table lists the blobs in the order the
+merged tree first references them (breadth first), so blobs of layers whose files were all
+deleted, and of metadata-only layers, drop out. All layers must share one chunk size; the
+compressor and digester recorded are those of the top layer, and HAS_XATTR is always set, as
+nydus does.
 """
 
 from __future__ import annotations
 
 import io
 import tarfile
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from rafs.builder.bootstrap import (
-    COMPRESSION_FLAG,
-    DIGEST_FLAG,
-    BootstrapOptions,
-    write_bootstrap,
-)
-from rafs.builder.from_bootstrap import tree_from_bootstrap
+from rafs.builder.bootstrap import COMPRESSION_FLAG, DIGEST_FLAG, BootstrapOptions
+from rafs.builder.merge_writer import write_merged
 from rafs.builder.options import WHITEOUT_SPECS
-from rafs.builder.overlay import merge_directory
-from rafs.builder.tree import Inode, cyclic_gc_paused, relabel_blobs
+from rafs.builder.overlay import MergedDir, stack_layer
+from rafs.builder.raw_bootstrap import RawBootstrap
+from rafs.builder.tree import cyclic_gc_paused
 from rafs.errors import FormatError, InvalidArgument, RafsError, Unsupported
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
 from rafs.format.superblock import RafsSuperFlags
@@ -112,21 +109,6 @@ def _codecs(image: RafsImage) -> tuple[int, int]:
     return compressor, digester
 
 
-def _blob_order(root: Inode) -> list[int]:
-    """Blob indexes in order of first reference, walking the tree breadth first by name."""
-    order: dict[int, None] = {}
-    pending = deque([root])
-    while pending:
-        directory = pending.popleft()
-        for name in sorted(directory.children):
-            child = directory.children[name]
-            if child.is_dir:
-                pending.append(child)
-            for chunk in child.chunks:
-                order.setdefault(chunk.blob_index, None)
-    return list(order)
-
-
 def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
     """Stack the layers (lowest first) into one bootstrap."""
     if not layers:
@@ -136,51 +118,45 @@ def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeRe
 
 
 def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
-    root: Inode | None = None
-    blobs: dict[str, int] = {}  # blob id -> index while merging
-    entries: list[BlobEntry] = []
-    chunk_size = 0
+    root: MergedDir | None = None
+    slots: dict[str, int] = {}  # blob id -> slot in `blobs`
+    blobs: list[BlobEntry] = []
+    raws: list[RawBootstrap] = []
     image = None
     for layer in layers:
         image = layer_bootstrap(layer)
-        if chunk_size and image.chunk_size != chunk_size:
+        if raws and image.chunk_size != raws[0].image.chunk_size:
             raise InvalidArgument(
-                f"{image.source}: chunk size {image.chunk_size:#x} differs from {chunk_size:#x} "
-                "of the layers below; all layers must share one chunk size"
+                f"{image.source}: chunk size {image.chunk_size:#x} differs from "
+                f"{raws[0].image.chunk_size:#x} of the layers below; all layers must share "
+                "one chunk size"
             )
-        chunk_size = image.chunk_size
-        mapping = {}
         own = [b for b in image.blobs if _is_own_blob(b)]
         if len(own) > 1:
             raise Unsupported(f"{image.source}: a layer bootstrap with {len(own)} data blobs "
                               "of its own cannot be merged")  # fmt: skip
+        layer_slots = []
         for blob in image.blobs:
             if _is_own_blob(blob):
                 blob = replace(blob, blob_id=layer.hex.encode(),
                                features=blob.features & ~BlobFeatures.INLINED_FS_META)
-            if blob.id not in blobs:
-                blobs[blob.id] = len(entries)
-                entries.append(blob)
-            mapping[blob.blob_index] = blobs[blob.id]
-        tree = tree_from_bootstrap(image, mapping)
-        root = merge_directory(root, tree, options.whiteout_spec)
+            if blob.id not in slots:
+                slots[blob.id] = len(blobs)
+                blobs.append(blob)
+            layer_slots.append(slots[blob.id])
+        raw = RawBootstrap(image, layer_slots)
+        root = stack_layer(root, raw, len(raws), options.whiteout_spec)
+        raws.append(raw)
     assert image is not None and root is not None
-    order = _blob_order(root)
-    relabel_blobs(root, {old: new for new, old in enumerate(order)})
     compressor, digester = _codecs(image)
-    bootstrap = write_bootstrap(
-        root,
-        [entries[old] for old in order],
-        BootstrapOptions(
-            chunk_size=chunk_size,
-            compressor=compressor,  # type: ignore[arg-type]
-            digester=digester,  # type: ignore[arg-type]
-            explicit_uid_gid=bool(image.ext.s_flags & RafsSuperFlags.EXPLICIT_UID_GID),
-            force_has_xattr=True,
-            prefetch_patterns=options.prefetch_patterns,
-        ),
-    )
-    return MergeResult(bootstrap, [f"sha256:{entries[old].id}" for old in order])
+    bootstrap, order = write_merged(raws, root, blobs, BootstrapOptions(
+        chunk_size=image.chunk_size,
+        compressor=compressor,  # type: ignore[arg-type]
+        digester=digester,  # type: ignore[arg-type]
+        explicit_uid_gid=bool(image.ext.s_flags & RafsSuperFlags.EXPLICIT_UID_GID),
+        prefetch_patterns=options.prefetch_patterns,
+    ))  # fmt: skip
+    return MergeResult(bootstrap, [f"sha256:{blobs[slot].id}" for slot in order])
 
 
 def write_bootstrap_tar(bootstrap: bytes, out: BinaryIO) -> None:

@@ -10,8 +10,12 @@ last name of a block ends at the first NUL or at the end of the block (or of the
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from itertools import accumulate, chain, repeat
+from operator import add
 
 from rafs.errors import FormatError
 from rafs.format.record import Record
@@ -32,38 +36,49 @@ class Dirent(Record):
 
 
 def dirent_blocks(names: Sequence[bytes], block_size: int) -> tuple[list[int], int]:
-    """Split sorted entry names into blocks as nydus does.
+    """Split sorted entry names into blocks as nydus does: each block takes as many entries
+    (12 + name length bytes each) as fit.
 
     Returns the number of entries in each block and the directory `i_size` (the byte count
     up to the end of the last entry's name).
     """
+    # ends[i]: the bytes entries 0..i would take in one block
+    steps = range(Dirent.SIZE, Dirent.SIZE * (len(names) + 1), Dirent.SIZE)
+    ends = list(map(add, accumulate(map(len, names)), steps))
     counts: list[int] = []
-    used = 0
-    size = 0
-    for name in names:
-        cost = Dirent.SIZE + len(name)
-        if not counts or used + cost > block_size:
-            if counts:
-                size += block_size
-            counts.append(0)
-            used = 0
-        counts[-1] += 1
-        used += cost
-    return counts, size + used
+    start = block_start = 0
+    while start < len(ends):
+        stop = max(bisect_right(ends, block_start + block_size, start), start + 1)
+        counts.append(stop - start)
+        if stop == len(ends):
+            return counts, block_size * (len(counts) - 1) + ends[-1] - block_start
+        block_start = ends[stop - 1]
+        start = stop
+    return counts, 0
+
+
+@cache
+def _dirent_array(count: int) -> struct.Struct:
+    """`count` dirents back to back."""
+    return struct.Struct("<" + "QHBB" * count)
 
 
 def pack_dirent_block(
-    entries: Sequence[tuple[bytes, int, int]], block_size: int, pad: bool = True
+    names: Sequence[bytes],
+    nids: Iterable[int],
+    file_types: Iterable[int],
+    block_size: int,
+    pad: bool = True,
 ) -> bytes:
-    """Encode (name, nid, file_type) entries as one directory block."""
-    nameoff = Dirent.SIZE * len(entries)
-    heads = []
-    for name, nid, file_type in entries:
-        heads.append(Dirent(nid, nameoff, file_type).pack())
-        nameoff += len(name)
-    if nameoff > block_size:
-        raise FormatError(f"directory block overflows: {nameoff} > {block_size}")
-    data = b"".join(heads) + b"".join(name for name, _, _ in entries)
+    """Encode one directory block: entry i is (names[i], nids[i], file_types[i])."""
+    count = len(names)
+    nameoffs = list(accumulate(map(len, names), initial=Dirent.SIZE * count))
+    if nameoffs[-1] > block_size:
+        raise FormatError(f"directory block overflows: {nameoffs[-1]} > {block_size}")
+    heads = _dirent_array(count).pack(
+        *chain.from_iterable(zip(nids, nameoffs, file_types, repeat(0)))
+    )
+    data = heads + b"".join(names)
     return data.ljust(block_size, b"\0") if pad else data
 
 
