@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 
 import blake3
-import crc32c
 import lz4.block
 import zstandard
 
@@ -118,4 +117,6 @@ def digest_function(algo: int) -> Callable[[bytes], bytes]:
 
 def crc32c_of(data: bytes) -> int:
     """CRC-32C (Castagnoli / iSCSI) of `data`."""
+    import crc32c  # on first use: the package loads importlib.metadata (~50 ms)
+
     return crc32c.crc32c(data)

@@ -128,7 +128,7 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
     """`rafs.cli.main` in this process, thousands of times a second; a hang fails the test."""
     parser = rafs_cli.make_parser()  # building it costs more than most runs: build it once
-    monkeypatch.setattr(rafs_cli, "make_parser", lambda: parser)
+    monkeypatch.setattr(rafs_cli, "make_parser", lambda command=None: parser)
 
     def run(*argv: str | Path) -> tuple[int, bytes, str]:
         previous = signal.signal(signal.SIGALRM, _alarm)
