@@ -60,7 +60,7 @@ test: apt lint
 
 # The long fuzz pass: FUZZ_RUNS inputs per target (atheris, coverage-guided), the corpus kept
 # in .fuzz/ between runs; a crash stops its target and leaves its input in fuzz-artifacts/.
-FUZZ_TARGETS := v6 v5 layer blobmeta tar
+FUZZ_TARGETS := v6 v5 layer blobmeta tar oci auth reference
 FUZZ_RUNS ?= 200000
 fuzz: venv
 	@for target in $(FUZZ_TARGETS); do \

@@ -50,6 +50,15 @@ from rafs.reader.image import RafsImage
 from rafs.reader.layer import ends_with_section, read_blob_meta, read_section, read_toc
 from rafs.reader.unpack import write_tar
 from rafs.reader.v5 import RafsV5Image
+from tests.fuzz.oci_targets import (
+    auth_flow,
+    auth_seeds,
+    oci_document,
+    oci_seeds,
+    oci_setup,
+    reference,
+    reference_seeds,
+)
 from tests.support.v5_writer import Dir, File, Hardlink, Special, Symlink, write_v5
 
 TIME_LIMIT = 1.0  # seconds of CPU one input may take
@@ -363,6 +372,9 @@ TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]], Callable[[Path], Non
     "layer": (layer, layer_seeds, None),
     "blobmeta": (blob_meta, blob_meta_seeds, None),
     "tar": (tar_input, tar_seeds, None),
+    "oci": (oci_document, oci_seeds, oci_setup),
+    "auth": (auth_flow, auth_seeds, None),
+    "reference": (reference, reference_seeds, None),
 }
 
 

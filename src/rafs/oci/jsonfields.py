@@ -10,27 +10,52 @@ go-canonical/json). Parsing errors are `FormatError`s naming the document and th
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from rafs.digest import Digest
 from rafs.errors import FormatError, InvalidArgument
 
+MAX_DEPTH = 100
+"""Deepest nesting of objects and arrays a document may have (real ones have under 10)."""
+
 
 def canonical_json(value: object) -> bytes:
-    """`value` as canonical JSON bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """`value` as canonical JSON bytes (a lone surrogate, which UTF-8 cannot hold, is
+    written as its `\\uXXXX` escape)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> None:
+    raise ValueError(f"{text} is not a JSON number")
 
 
 def load_object(data: bytes, what: str) -> dict[str, Any]:
-    """Parse `data` as one JSON object."""
+    """Parse `data` (UTF-8) as one JSON object, nested at most `MAX_DEPTH` deep."""
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{what}: not JSON ({exc})") from None
+        value = json.loads(data.decode(), parse_float=_finite, parse_constant=_no_constant)
+    except ValueError as exc:  # also bad UTF-8, and integers over 4300 digits
+        raise FormatError(f"{what}: not JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise FormatError(f"{what}: nested deeper than {MAX_DEPTH}") from None
     if not isinstance(value, dict):
         raise FormatError(f"{what}: not a JSON object")
-    return value
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c)
+                 if isinstance(v, dict | list)]  # fmt: skip
+        if not level:
+            return value
+    raise FormatError(f"{what}: nested deeper than {MAX_DEPTH}")
 
 
 class Fields:

@@ -152,6 +152,8 @@ def parse_manifest(media_type: str, data: bytes, what: str = "manifest") -> Mani
         return Index.from_bytes(data, what)
     document = load_object(data, what)
     inner = document.get("mediaType")
+    if inner is not None and not isinstance(inner, str):
+        raise FormatError(f"{what}: 'mediaType' has the wrong type")
     if inner in mt.INDEX_TYPES or (inner is None and "manifests" in document):
         return Index.from_bytes(data, what)
     if inner in mt.MANIFEST_TYPES or (inner is None and "config" in document):

@@ -33,7 +33,9 @@ import httpx
 from rafs.errors import FailedPrecondition, FormatError, Unsupported
 
 _PARAM = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*,?')
-_SCHEME = re.compile(r"\s*,?\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s+|$)")
+# A scheme ends at whitespace, a comma (a challenge without parameters) or the end; one
+# character class before it, so runs of blanks and empty list elements cost linear time.
+_SCHEME = re.compile(r"[\s,]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s+|(?=,)|$)")
 DEFAULT_TOKEN_LIFETIME = 60.0
 _DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
@@ -169,9 +171,13 @@ class Authenticator:
         realm = bearer.params.get("realm")
         if not realm:
             raise FormatError(f"{self._registry}: Bearer challenge without a realm")
-        url = httpx.URL(realm)
         service = [("service", bearer.params["service"])] if "service" in bearer.params else []
-        url = url.copy_merge_params(tuple(service + [("scope", s) for s in sorted(scopes)]))
+        try:
+            url = httpx.URL(realm)
+            url = url.copy_merge_params(tuple(service + [("scope", s) for s in sorted(scopes)]))
+        except httpx.InvalidURL as exc:
+            raise FormatError(f"{self._registry}: Bearer realm {realm!r} is not a URL "
+                              f"({exc})") from None  # fmt: skip
         headers = {}
         if self._credentials is not None and (url.scheme == "https" or self._allow_plain_http):
             headers["Authorization"] = self._credentials.basic()
@@ -187,10 +193,10 @@ class Authenticator:
             answer = json.loads(response.content)
             token = answer.get("token") or answer.get("access_token")
             lifetime = float(answer.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
-            token = None
+        except (ValueError, AttributeError, TypeError, OverflowError, RecursionError):
+            token = None  # not JSON, nested too deeply, or an expires_in no float can hold
         if not isinstance(token, str) or not token:
-            raise FormatError(f"{self._registry}: token server {url.host} sent no token")
+            raise FormatError(f"{self._registry}: token server {url.host} sent no usable token")
         value = f"Bearer {token}"
         with self._lock:  # renew a little early so a token does not expire in flight
             self._tokens[scopes] = (value, time.monotonic() + max(lifetime - 10, lifetime / 2))
