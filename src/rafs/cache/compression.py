@@ -46,14 +46,6 @@ class Compression(StrEnum):
     ZSTD = "zstd"
     NYDUS = "nydus"
 
-    @classmethod
-    def parse(cls, name: str) -> Compression:
-        try:
-            return cls(name)
-        except ValueError:
-            raise InvalidArgument(f"unknown compression {name!r} (one of "
-                                  f"{', '.join(c.value for c in cls)})") from None  # fmt: skip
-
 
 _MEDIA_TYPES = {
     mt.OCI_LAYER: Compression.UNCOMPRESSED, mt.DOCKER_LAYER: Compression.UNCOMPRESSED,

@@ -8,14 +8,15 @@ For each manifest (an index is converted entry by entry, filtered by platform):
 3. `merge_nydus` the chain into the bootstrap layer;
 4. rewrite manifest and config (`manifest.py`), push blobs, config, then the manifest.
 The steps overlap: fetches run side by side (`IO_WORKERS`), a layer converts (`jobs` at
-once) as soon as it is in, and its result is pushed while other layers convert and merge.
-A manifest that already ends in a bootstrap layer is copied unchanged.
+once, in worker processes when the store can be reopened there) as soon as it is in, and
+its result is pushed while other layers convert and merge. A manifest that already ends in
+a bootstrap layer is copied unchanged.
 
 `reverse=True` goes the other way: each Nydus blob layer is unpacked to a gzip tar (again a
 cached compression variant) and the bootstrap layer is dropped.
 
-Nothing is pushed before all of a manifest's blobs are in the target, so a failure never
-leaves a manifest naming a missing blob.
+A manifest (or index) is pushed only once every blob (or manifest) it names is in the
+target, so a failure never leaves a manifest naming something missing.
 """
 
 from __future__ import annotations
