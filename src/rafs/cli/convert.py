@@ -104,12 +104,15 @@ def _progress_bar() -> Iterator[Progress | None]:
 
 
 def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{count} B"
-        value /= 1024
-    raise AssertionError("unreachable")
+    """`count` bytes in B, KiB, MiB or GiB."""
+    if count < 1024:
+        return f"{count} B"
+    value, unit = count / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def _summary_line(source: str, target: str, summary: ConvertSummary) -> str:
