@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from rafs.cache import CacheManager
+from rafs.cli.images import registry_credentials
 from rafs.content.local import LocalStore
 from rafs.convert import ConvertOptions, ConvertSummary, convert_image, open_endpoint
 from rafs.convert.image import Progress
-from rafs.oci import Reference, parse_reference
-from rafs.registry import Credentials, docker_config_path, load_docker_credentials
+from rafs.oci import parse_reference
 
 
 def register(commands: Any) -> None:
@@ -53,13 +53,6 @@ def default_store() -> Path:
     return Path(cache_home) / "rafs" / "store"
 
 
-def _credentials(reference: Reference) -> Credentials | None:
-    if reference.registry is None:
-        return None
-    return load_docker_credentials(docker_config_path(os.environ, Path.home()),
-                                   reference.registry)  # fmt: skip
-
-
 def run(args: Any) -> int:
     source_ref, target_ref = parse_reference(args.source), parse_reference(args.target)
     store_dir = args.store or default_store()
@@ -67,10 +60,10 @@ def run(args: Any) -> int:
     options = ConvertOptions(tuple(args.platform), args.reverse, args.with_referrer,
                              max(1, args.jobs))  # fmt: skip
     source = open_endpoint(source_ref, plain_http=args.plain_http,
-                           credentials=_credentials(source_ref))  # fmt: skip
+                           credentials=registry_credentials(source_ref))  # fmt: skip
     try:
         target = open_endpoint(target_ref, plain_http=args.plain_http, create=True,
-                               credentials=_credentials(target_ref))  # fmt: skip
+                               credentials=registry_credentials(target_ref))  # fmt: skip
         try:
             with _progress_bar() as progress:
                 summary = convert_image(source, target, cache, options, progress)

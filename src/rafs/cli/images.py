@@ -12,11 +12,11 @@ from pathlib import Path
 
 from rafs.errors import InvalidArgument
 from rafs.oci.nydus_image import parse_platform
-from rafs.oci.reference import parse_reference
+from rafs.oci.reference import Reference, parse_reference
 from rafs.reader.artifact import Artifact, open_artifact, open_v5
 from rafs.reader.reference import RemoteOptions, ResolvedImage, is_reference, resolve
 from rafs.reader.v5 import RafsV5Image
-from rafs.registry import docker_config_path, load_docker_credentials
+from rafs.registry import Credentials, docker_config_path, load_docker_credentials
 
 IMAGE_HELP = ("bootstrap or Nydus layer file, or a Nydus image: oci:PATH[:TAG] or "
               "docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")  # fmt: skip
@@ -33,16 +33,20 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
                         help="talk plain HTTP to the registry (loopback registries)")
 
 
+def registry_credentials(reference: Reference) -> Credentials | None:
+    """The Docker config's credentials for a `docker://` reference's registry."""
+    if reference.transport != "docker" or reference.registry is None:
+        return None
+    return load_docker_credentials(docker_config_path(os.environ, Path.home()),
+                                   reference.registry)  # fmt: skip
+
+
 def remote_options(args: argparse.Namespace) -> RemoteOptions:
     if args.blob_dir is not None:
         raise InvalidArgument(f"{args.image}: --blob-dir applies to image files; a reference's "
                               "blobs are in its layout or registry")  # fmt: skip
-    reference = parse_reference(args.image)
-    credentials = None
-    if reference.transport == "docker":
-        credentials = load_docker_credentials(docker_config_path(os.environ, Path.home()),
-                                              reference.registry or "")  # fmt: skip
     platform = parse_platform(args.platform) if args.platform else None
+    credentials = registry_credentials(parse_reference(args.image))
     return RemoteOptions(platform, args.plain_http, credentials)
 
 
