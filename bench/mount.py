@@ -23,7 +23,9 @@ it out, blobs read with HTTP Range requests; `rafs mount docker://... --plain-ht
 manifest and bootstrap are fetched at mount time, so the figure is one chunk's round trip:
 FUSE lookup and open, one Range request, decompression and digest check. Best of N rounds.
 
-Needs root (drop_caches, kernel mounts). Run from the repository root:
+The machine's load average is printed with the results: on a shared machine, compare the
+ratios of one run rather than figures of different runs. Needs root (drop_caches, kernel
+mounts). Run from the repository root:
 `.venv/bin/python bench/mount.py [--rounds N] [--work DIR] [--input debian|large]`.
 """
 
@@ -164,6 +166,7 @@ def bench(name: str, work: Path, rounds: int, ttfb_only: bool = False) -> None:
         bench_ttfb(name, layer, extracted, rounds)
         return
     best: dict[str, Result] = {}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="rafs-bench-mount-") as tmp:
         scratch = Path(tmp)
         for _ in range(rounds):
@@ -174,7 +177,8 @@ def bench(name: str, work: Path, rounds: int, ttfb_only: bool = False) -> None:
     total = best["dir"]
     print(f"\n{name}: {total.files} files, {total.bytes / MIB:.1f} MiB "
           f"({total.large_bytes / MIB:.1f} MiB in files >= 1 MiB), layer "
-          f"{layer.stat().st_size / MIB:.1f} MiB, best of {rounds}")  # fmt: skip
+          f"{layer.stat().st_size / MIB:.1f} MiB, best of {rounds}; load average "
+          f"{load_before:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
     print(f"  {'mode':8} {'all MiB/s':>10} {'>=1MiB MiB/s':>13} {'vs dir':>7} {'vs dir >=1M':>12}")
     for mode in MODES:
         r = best[mode]

@@ -106,7 +106,41 @@ def decompress(data: bytes, algo: int, size: int) -> bytes:
     return out
 
 
-def digest_function(algo: int) -> Callable[[bytes], bytes]:
+def decompress_into(data: memoryview, algo: int, size: int, out: memoryview) -> memoryview:
+    """`decompress`, writing into the caller's `out` (at least `size` bytes) and returning
+    the view of the result: `out[:size]`, or `data` itself when it is stored raw.
+
+    For the read path of a mount, whose fetch threads each reuse one buffer rather than
+    allocate every chunk's output. zstd decodes straight into it (the output can never
+    exceed `size`); LZ4 has no such call and copies.
+    """
+    if algo == Compressor.NONE:
+        if len(data) != size:
+            raise FormatError(f"stored {len(data)} bytes, expected {size}")
+        return data
+    if algo != Compressor.ZSTD:
+        result = out[:size]
+        result[:] = decompress(bytes(data), algo, size)
+        return result
+    claimed = zstandard.frame_content_size(data)
+    if claimed not in (-1, size):
+        raise FormatError(f"zstd frame holds {claimed} bytes, expected {size}")
+    result = out[:size]
+    done = 0
+    try:
+        with _zstd_decompressor().stream_reader(data) as reader:
+            while done < size and (n := reader.readinto(result[done:])):
+                done += n
+            if done == size and reader.read(1):
+                raise FormatError(f"zstd data decompresses to more than {size} bytes")
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"corrupt compressed data: {exc}") from None
+    if done != size:
+        raise FormatError(f"decompressed {done} bytes, expected {size}")
+    return result
+
+
+def digest_function(algo: int) -> Callable[[bytes | memoryview], bytes]:
     """The 32-byte chunk digest function for a digester."""
     if algo == Digester.BLAKE3:
         return lambda data: blake3.blake3(data).digest()

@@ -7,25 +7,37 @@ are given long timeouts, file pages are kept in the kernel's cache across opens
 (`keep_cache`), and no per-inode state exists (lookup counts need no bookkeeping).
 
 Directory offsets are positions in the on-disk entry list ("." and ".." included): stable
-for the life of the image. File reads go through the chunk cache: a read whose chunks are
-all cached and verified is answered on the event loop; any other runs in a worker thread,
-so a slow fetch does not stall other requests.
+for the life of the image. File reads go through the chunk cache, all on the event loop:
+a read whose chunks are cached and verified is answered at once (the cache file's mapped
+memory, or a `preadv` into one reply buffer); a read that lacks chunks has them fetched by
+the cache's fetch threads (which also read ahead of a streamed file) and waits for them
+without blocking the loop, then answers the same way. Only a read the cache could not keep
+(a tight `--cache-limit`) takes a worker thread. A file streamed to its end has the first
+chunk of the next file in its directory fetched (`_warm_next_file`): a tree read file by
+file does not wait a whole fetch at the start of every file.
+
+What `read` returns may be reused memory because pyfuse3 hands it (any buffer) to
+`fuse_reply_buf`, which copies it to the kernel, right after `read` returns and before
+another request runs on the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from functools import lru_cache
+from typing import Any
 
 import pyfuse3
 import trio
 
 from rafs.errors import RafsError
 from rafs.format.record import align_up
-from rafs.reader.chunkcache import ChunkCache
+from rafs.reader.chunkcache import STREAMING_READ, ChunkCache
 from rafs.reader.image import DirEntry, RafsImage
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,10 @@ TIMEOUT = 30 * 86400.0
 NID0_INO = 1 << 48
 """Inode number of nid 0 (FUSE reserves inode 0), beyond any nid an image can have."""
 NAME_MAX = 255
+NEXT_FILE_SCAN = 16
+"""Entries after a streamed file searched for the next regular file of its directory."""
+MAX_PARENTS = 1 << 16
+"""Files whose directory is remembered (for `_warm_next_file`)."""
 
 
 class RafsOperations(pyfuse3.Operations):
@@ -53,6 +69,9 @@ class RafsOperations(pyfuse3.Operations):
         self._entries = lru_cache(maxsize=1 << 12)(image.readdir)
         self._names = lru_cache(maxsize=1 << 12)(self._load_names)
         self._xattrs = lru_cache(maxsize=1 << 12)(image.xattrs)
+        self._reply = bytearray()  # see the module docstring
+        self._parents: dict[int, int] = {}  # nid -> nid of the directory it was found in
+        self._positions = lru_cache(maxsize=1 << 12)(self._load_positions)
 
     # -- inode numbers -----------------------------------------------------------------
 
@@ -94,6 +113,14 @@ class RafsOperations(pyfuse3.Operations):
     def _load_names(self, nid: int) -> dict[bytes, int]:
         return {entry.name: entry.nid for entry in self._entries(nid)}
 
+    def _load_positions(self, nid: int) -> dict[int, int]:
+        return {entry.nid: position for position, entry in enumerate(self._entries(nid))}
+
+    def _found_in(self, directory: int, nid: int) -> None:
+        if len(self._parents) >= MAX_PARENTS:
+            self._parents.clear()
+        self._parents[nid] = directory
+
     def _stat_dir(self, ino: int) -> int:
         nid = self.nid(ino)
         if not self.image.stat(nid).is_dir:
@@ -107,6 +134,7 @@ class RafsOperations(pyfuse3.Operations):
             child = nid if name == b"." else self._names(nid).get(name)
             if child is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            self._found_in(nid, child)
             return self._attrs(child)
 
     async def getattr(self, inode: int,
@@ -128,9 +156,11 @@ class RafsOperations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         with _errors("readdir", fh):
-            entries: list[DirEntry] = self._entries(self.nid(fh))
+            nid = self.nid(fh)
+            entries: list[DirEntry] = self._entries(nid)
             for position in range(start_id, len(entries)):
                 entry = entries[position]
+                self._found_in(nid, entry.nid)
                 if not pyfuse3.readdir_reply(token, entry.name, self._attrs(entry.nid),
                                              position + 1):  # fmt: skip
                     return
@@ -163,20 +193,74 @@ class RafsOperations(pyfuse3.Operations):
         with _errors("open", inode):
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EROFS)
-            if not self.image.stat(self.nid(inode)).is_reg:
+            nid = self.nid(inode)
+            if not self.image.stat(nid).is_reg:
                 raise pyfuse3.FUSEError(errno.EINVAL)
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 declares `bytes`, but takes any buffer (its fuse_read_async: PyObject_GetBuffer).
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         nid = self.nid(fh)
+        if len(self._reply) < size:
+            self._reply = bytearray(size)
+        data: bytes | memoryview | None
         try:
-            data = self.cache.read_ready(nid, off, size)
+            data = self.cache.read_ready(nid, off, size, self._reply)
             if data is None:
+                await _settled(self.cache.request(nid, off, size))
+                data = self.cache.read_ready(nid, off, size, self._reply)
+            if data is None:  # not kept in the cache, or evicted since
                 data = await trio.to_thread.run_sync(self.cache.read, nid, off, size)
-            return data
         except (RafsError, OSError) as exc:
             log.error("read of nid %d [%d, +%d) failed: %s", nid, off, size, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        if (off or size >= STREAMING_READ) and off + size >= self._attrs(nid).st_size:
+            self._warm_next_file(nid)
+        return data
+
+    def _warm_next_file(self, nid: int) -> None:
+        """Start fetching the first chunk of the regular file after `nid` in its directory.
+
+        Called once a file has been streamed to its end: a tree read file by file (cp -r,
+        tar, any walk in readdir order, which for EROFS is name order) opens that file
+        next, and its first read then finds the data ready or under way instead of paying
+        a whole fetch. A lazy mount that reads a few files fetches one chunk more for each
+        file it reads through; small files read in one request warm nothing.
+        """
+        directory = self._parents.get(nid)
+        if directory is None:
+            return
+        with contextlib.suppress(RafsError, OSError):  # that file's own read reports them
+            entries = self._entries(directory)
+            start = self._positions(directory).get(nid, len(entries)) + 1
+            for entry in entries[start : start + NEXT_FILE_SCAN]:
+                if self.image.stat(entry.nid).is_reg:
+                    self.cache.request(entry.nid, 0, 1)
+                    return
+
+
+async def _settled(futures: Iterable[Future[Any]]) -> None:
+    """Wait until `futures` (settled by other threads) are done, raising the first error;
+    the loop sleeps meanwhile and serves other requests."""
+    token = trio.lowlevel.current_trio_token()
+    for future in futures:
+        if not future.done():
+            done = trio.Event()
+            future.add_done_callback(_waker(token, done))
+            await done.wait()
+        error = future.exception()
+        if error is not None:
+            raise error
+
+
+def _waker(token: trio.lowlevel.TrioToken, event: trio.Event) -> Callable[[object], None]:
+    """A done-callback, called in any thread, that sets `event` on the loop of `token`."""
+
+    def wake(_: object) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # the mount ended: nobody waits
+            token.run_sync_soon(event.set)
+
+    return wake
 
 
 class _errors:

@@ -1,10 +1,12 @@
 """Blob backends: where the stored (compressed) bytes of data blobs come from.
 
 A backend answers one question, `read_range(blob_id, offset, size)`: the stored bytes of a
-blob in [offset, offset+size). Everything above it (which chunks a read needs, merging
-adjacent chunks into one range, decompression, digest checks, caching) lives in
-`rafs.reader.chunkcache`, so a new backend — e.g. HTTP Range requests against a registry —
-implements only this protocol. Backends must be safe to call from several threads at once.
+blob in [offset, offset+size); `read_into` is the same into the caller's buffer (a mount's
+fetch threads reuse theirs). Everything above it
+(which chunks a read needs, merging adjacent chunks into one range, decompression, digest
+checks, caching) lives in `rafs.reader.chunkcache`, so a new backend — e.g. HTTP Range
+requests against a registry — implements only this protocol. Backends must be safe to
+call from several threads at once.
 
 `LocalBackend` serves blobs from local files (a `--blob-dir`, or the Nydus layer file that
 carries its own blob). A file is located and opened on first use, so a mount whose blob
@@ -34,6 +36,10 @@ class BlobBackend(Protocol):
 
     def read_range(self, blob_id: str, offset: int, size: int) -> bytes:
         """Exactly `size` stored bytes of blob `blob_id` from `offset`; raises a RafsError."""
+        ...
+
+    def read_into(self, blob_id: str, offset: int, buffer: memoryview) -> None:
+        """`read_range(blob_id, offset, len(buffer))`, written into `buffer`."""
         ...
 
     def close(self) -> None: ...
@@ -73,13 +79,24 @@ class LocalBackend:
             return known
 
     def read_range(self, blob_id: str, offset: int, size: int) -> bytes:
-        fd, blob_size, path = self._open(blob_id)
-        if offset < 0 or offset + size > blob_size:
-            raise FormatError(f"{path}: range [{offset}, +{size}) lies past the end of the blob")
+        fd, path = self._open_range(blob_id, offset, size)
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise FormatError(f"{path}: blob ends inside [{offset}, +{size})")
         return data
+
+    def read_into(self, blob_id: str, offset: int, buffer: memoryview) -> None:
+        size = len(buffer)
+        fd, path = self._open_range(blob_id, offset, size)
+        if os.preadv(fd, [buffer], offset) != size:
+            raise FormatError(f"{path}: blob ends inside [{offset}, +{size})")
+
+    def _open_range(self, blob_id: str, offset: int, size: int) -> tuple[int, Path]:
+        """The open blob file and its path, once [offset, +size) is known to lie inside it."""
+        fd, blob_size, path = self._open(blob_id)
+        if offset < 0 or offset + size > blob_size:
+            raise FormatError(f"{path}: range [{offset}, +{size}) lies past the end of the blob")
+        return fd, path
 
     def close(self) -> None:
         with self._lock:

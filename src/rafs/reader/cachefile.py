@@ -17,6 +17,7 @@ never served. A map that does not fit the blob (other count, other data size) is
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -51,7 +52,8 @@ def map_file_name(key: str) -> str:
 
 class BlobCacheFile:
     """One blob's data file and chunk map, open for reading and writing (not thread-safe:
-    the caller serialises access)."""
+    the caller serialises access to the map, and keeps a chunk's reads and writes apart
+    from its punching)."""
 
     def __init__(self, directory: Path, key: str, chunk_count: int, data_size: int) -> None:
         self.data_path = directory / data_file_name(key)
@@ -77,6 +79,7 @@ class BlobCacheFile:
         finally:
             os.close(map_fd)
         self.reset = not fits
+        self._data = mmap.mmap(self._fd, data_size, prot=mmap.PROT_READ) if data_size else None
 
     def is_ready(self, index: int) -> bool:
         return bool(self._map[HEADER.size + index // 8] & (1 << index % 8))
@@ -95,8 +98,18 @@ class BlobCacheFile:
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
 
-    def write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self._fd, data, offset)
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        return os.preadv(self._fd, [buffer], offset)
+
+    def view(self, offset: int, size: int) -> memoryview:
+        """The data file's bytes [offset, offset+size) as mapped memory, without a copy:
+        valid as long as nothing punches them (or the file is closed)."""
+        assert self._data is not None
+        return memoryview(self._data)[offset : offset + size]
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        if os.pwrite(self._fd, data, offset) != len(data):
+            raise OSError(errno.ENOSPC, f"short write of {len(data)} bytes at {offset}")
 
     def punch(self, offset: int, size: int) -> None:
         punch_hole(self._fd, offset, size)
@@ -107,4 +120,6 @@ class BlobCacheFile:
 
     def close(self) -> None:
         self._map.close()
+        if self._data is not None:
+            self._data.close()
         os.close(self._fd)

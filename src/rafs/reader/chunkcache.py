@@ -3,7 +3,7 @@
 A read of a file touches only the chunks its byte range covers. Each chunk is served from
 its blob's cache file (`rafs.reader.cachefile`) when ready there; the others are fetched
 together: their stored ranges are grouped by blob, adjacent ones merged into one
-`read_range` call (one HTTP request for a registry backend), then each chunk is
+`read_into` call (one HTTP request for a registry backend), then each chunk is
 decompressed, checked against its digest and written to the cache before use. A chunk
 whose data does not match gives an `IntegrityError` (EIO in a mount) for the reads that
 need it and one log line, never wrong bytes; other chunks are unaffected.
@@ -12,8 +12,21 @@ Digests are checked for every chunk fetched, and for every chunk taken from the 
 first time this process uses it (the cache survives across mounts and could have been
 damaged in between); a cached chunk that fails the check is fetched again.
 
-Several threads may read at once. One lock guards the cache files, the LRU list and the
-counters; fetching and decompressing run outside it, and a chunk being fetched by one
+Two ways in serve a mount's event loop without blocking it: `read_ready` answers a read
+whose chunks are all cached and verified (a `preadv` into the caller's buffer), and
+`request` starts fetching what a read lacks on a small pool of fetch threads, returning
+futures to wait on. A read of at least STREAMING_READ bytes (the kernel reading ahead: a
+file read sequentially) also has the chunks after it, up to READAHEAD_BYTES of the file,
+fetched in the background, so the kernel's next requests find them ready. `read` is the
+blocking path for any other thread; `fetch` fills the cache (prefetch, `--kernel`).
+
+Fetch threads read stored bytes and decompress into per-thread buffers they reuse (no
+allocation and copy per chunk); zstd, BLAKE3, SHA-256 and file I/O release the GIL, so
+fetch threads overlap with each other and with the loop.
+
+Several threads may read at once. One lock guards the chunk maps, the LRU list, the
+counters and cache reads (so eviction never punches a chunk being read); fetching,
+decompressing, digests and cache writes run outside it, and a chunk being fetched by one
 thread is waited for, not fetched again, by the others.
 
 The cache directory may be given a size limit: before a chunk is stored, least recently
@@ -29,13 +42,13 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from rafs.codecs import decompress, digest_function
+from rafs.codecs import decompress_into, digest_function
 from rafs.errors import FormatError, IntegrityError, RafsError
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID
 from rafs.format.chunktable import ChunkInfo
@@ -48,8 +61,24 @@ log = logging.getLogger(__name__)
 
 MAX_MERGED_RANGE = 8 << 20
 """Largest stored range one backend request fetches when merging adjacent chunks."""
+STREAMING_READ = 128 << 10
+"""Reads at least this large come from the kernel's read-ahead: the file is being streamed."""
+READAHEAD_BYTES = 8 << 20
+"""How far past a streaming read the cache fetches (a quarter of a cache limit at most)."""
+READAHEAD_JOB = 1 << 20
+"""File bytes per background fetch: several jobs per window keep every fetch thread busy."""
+FETCH_THREADS = 4
+READ_ATTEMPTS = 3
+"""Rounds a blocking read makes when chunks are evicted as soon as they are fetched."""
+MAX_STREAMS = 4096
+"""Files whose read-ahead position is remembered."""
 
 _Key = tuple[int, int]  # (blob index, chunk index within the blob)
+_Piece = tuple[ChunkInfo, int, int]  # a chunk, and the [start, end) of it a read needs
+_Future = Future[bytes | None]
+"""A chunk being fetched: its bytes, or None once they are in the cache file."""
+_Claim = dict[_Key, tuple[ChunkInfo, _Future]]
+"""Chunks one thread fetches, each with the future it settles."""
 
 
 @dataclass
@@ -87,8 +116,11 @@ class ChunkCache:
         self.limit = limit
         self.stats = CacheStats()
         self._lock = threading.Lock()
-        self._inflight: dict[_Key, Future[bytes]] = {}
+        self._inflight: dict[_Key, _Future] = {}
         self._lru: OrderedDict[_Key, ChunkInfo] = OrderedDict()  # least recently used first
+        self._ahead: dict[int, int] = {}  # nid -> file chunk index read-ahead has reached
+        self._scratch = threading.local()
+        self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="chunk-fetch")
         directory.mkdir(parents=True, exist_ok=True)
         self._keys = [cache_key(image, i) for i in range(len(image.blobs))]
         self._files: list[BlobCacheFile] = []
@@ -108,75 +140,143 @@ class ChunkCache:
                 if info is not None:
                     self._lru[(index, chunk_index)] = info
 
-    # -- reads -------------------------------------------------------------------------
+    # -- reads from an event loop ----------------------------------------------------------
 
-    def read_ready(self, nid: int, offset: int, size: int) -> bytes | None:
-        """Bytes of a file range when every chunk it needs is cached and verified, else None.
+    def read_ready(self, nid: int, offset: int, size: int, into: bytearray) -> memoryview | None:
+        """A file range when every chunk it needs is cached and verified, else None.
 
-        Cheap enough for an event loop thread: no fetching, no digest computation.
+        Cheap enough for an event loop thread: no fetching, no digest computation, no
+        copy when it can be helped. Without a cache limit nothing is ever punched out of a
+        data file, so a range lying in one is answered with the file's mapped memory (the
+        kernel copies the reply straight from the page cache); otherwise it is read into
+        `into` (at least `size` bytes).
         """
         pieces = self._pieces(nid, offset, size)
-        parts = []
         with self._lock:
+            if not all(self._usable(info) for info, _, _ in pieces):
+                return None
             for info, _, _ in pieces:
-                b, c = info.blob_index, info.index
-                if not (self._verified[b][c] and self._files[b].is_ready(c)):
-                    return None
-            for info, _, _ in pieces:
-                key = (info.blob_index, info.index)
-                if key in self._lru:
-                    self._lru.move_to_end(key)
-            if pieces and _contiguous(pieces):  # the usual case: one read, nothing to join
-                info, lo, _ = pieces[0]
+                self._touch(info)
+            if self.limit is None and pieces and _contiguous(pieces):
+                first, lo, _ = pieces[0]
                 length = sum(hi - lo for _, lo, hi in pieces)
-                cache = self._files[info.blob_index]
-                parts.append(cache.read(info.uncompressed_offset + lo, length))
+                data = self._files[first.blob_index].view(first.uncompressed_offset + lo, length)
             else:
-                for info, lo, hi in pieces:
-                    cache = self._files[info.blob_index]
-                    parts.append(cache.read(info.uncompressed_offset + lo, hi - lo))
+                data = self._read_pieces(pieces, memoryview(into))
             self.stats.cache_hits += len(pieces)
-            self._count_read(parts)
-        return b"".join(parts)
+            self.stats.reads += 1
+            self.stats.bytes_read += len(data)
+        if size >= STREAMING_READ:
+            self._read_ahead(nid, offset + size)
+        return data
+
+    def _read_pieces(self, pieces: list[_Piece], into: memoryview) -> memoryview:
+        """Read cached pieces one after the other into `into` (the lock held)."""
+        length = 0
+        for info, lo, hi in pieces:
+            cache, at = self._files[info.blob_index], info.uncompressed_offset + lo
+            length += cache.read_into(at, into[length : length + hi - lo])
+        return into[:length]
+
+    def request(self, nid: int, offset: int, size: int) -> list[_Future]:
+        """Start fetching the chunks a file range lacks, in the background, without waiting:
+        the futures to wait on before `read_ready` can answer (each may hold an error)."""
+        pieces = self._pieces(nid, offset, size)
+        mine, theirs = self._claim(info for info, _, _ in pieces)
+        if mine:
+            self._submit(mine)
+        if size >= STREAMING_READ:
+            self._read_ahead(nid, offset + size)
+        return [*theirs.values(), *(future for _, future in mine.values())]
+
+    def _read_ahead(self, nid: int, end: int) -> None:
+        """Fetch in the background the chunks of `nid` after byte `end` of a streaming read,
+        in jobs of READAHEAD_JOB, once less than half of READAHEAD_BYTES is under way."""
+        chunk_size = self.image.chunk_size
+        window = READAHEAD_BYTES if self.limit is None else min(READAHEAD_BYTES, self.limit // 4)
+        count = window // chunk_size
+        total = (self.image.stat(nid).size + chunk_size - 1) // chunk_size
+        following = (end + chunk_size - 1) // chunk_size
+        with self._lock:
+            reached = self._ahead.get(nid, 0)
+            if reached - following >= count // 2 or reached >= total:
+                return
+            start, stop = max(reached, following), min(total, following + count)
+            if len(self._ahead) >= MAX_STREAMS:
+                self._ahead.clear()
+            self._ahead[nid] = stop
+        per_job = max(1, READAHEAD_JOB // chunk_size)
+        try:
+            infos = self._checked_chunks(nid, start, stop)
+        except FormatError:
+            return  # the read that needs them reports it
+        for at in range(0, len(infos), per_job):
+            mine, _ = self._claim(infos[at : at + per_job])
+            if mine:
+                self._submit(mine)
+
+    def _submit(self, claim: _Claim) -> None:
+        job = self._pool.submit(self._fetch_claimed, claim, False)
+        job.add_done_callback(lambda done: self._job_done(done, claim))
+
+    def _job_done(self, job: Future[None], claim: _Claim) -> None:
+        """Settle what a background job left unsettled (it failed, or was cancelled)."""
+        if not job.cancelled() and (error := job.exception()) is not None:
+            log.error("chunk fetch failed: %s", error)
+        self._abandon(claim)
+
+    # -- blocking reads --------------------------------------------------------------------
 
     def read(self, nid: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of a regular file, fetching what the cache lacks."""
         pieces = self._pieces(nid, offset, size)
-        parts: list[bytes | None] = [self._read_cached(info, lo, hi) for info, lo, hi in pieces]
-        missing = [i for i, part in enumerate(parts) if part is None]
-        if missing:
-            fetched = self.fetch([pieces[i][0] for i in missing])
+        parts: list[bytes | None] = [None] * len(pieces)
+        for _ in range(READ_ATTEMPTS):
+            for i, (info, lo, hi) in enumerate(pieces):
+                if parts[i] is None:
+                    parts[i] = self._read_cached(info, lo, hi)
+            missing = [i for i, part in enumerate(parts) if part is None]
+            if not missing:
+                done = [part for part in parts if part is not None]
+                with self._lock:
+                    self.stats.reads += 1
+                    self.stats.bytes_read += sum(len(part) for part in done)
+                return b"".join(done)
+            fetched = self._fetch([pieces[i][0] for i in missing], keep=True)
             for i in missing:
                 info, lo, hi = pieces[i]
-                parts[i] = fetched[(info.blob_index, info.index)][lo:hi]
-        done = [part for part in parts if part is not None]
-        with self._lock:
-            self._count_read(done)
-        return b"".join(done)
+                data = fetched.get((info.blob_index, info.index))
+                if data is not None:  # else in the cache by now: read in the next round
+                    parts[i] = data[lo:hi]
+        raise RafsError(f"{self.image.source}: nid {nid}: chunks were evicted as soon as they "
+                        "were fetched; the cache limit is too small")  # fmt: skip
 
-    def _count_read(self, parts: Sequence[bytes]) -> None:
-        self.stats.reads += 1
-        self.stats.bytes_read += sum(len(p) for p in parts)
-
-    def _pieces(self, nid: int, offset: int, size: int) -> list[tuple[ChunkInfo, int, int]]:
+    def _pieces(self, nid: int, offset: int, size: int) -> list[_Piece]:
         """(chunk, start, end within the chunk) for each chunk [offset, offset+size) covers."""
-        image = self.image
-        st = image.stat(nid)
+        st = self.image.stat(nid)
         end = min(st.size, offset + size)
         if offset >= end:
             return []
-        chunk_size = image.chunk_size
+        chunk_size = self.image.chunk_size
         first, stop = offset // chunk_size, (end - 1) // chunk_size + 1
         pieces = []
-        for index, info in enumerate(image.file_chunks(nid, first, stop), first):
-            expected = min(chunk_size, st.size - index * chunk_size)
+        for index, info in enumerate(self._checked_chunks(nid, first, stop), first):
+            base = index * chunk_size
+            pieces.append((info, max(offset, base) - base, min(end, base + chunk_size) - base))
+        return pieces
+
+    def _checked_chunks(self, nid: int, first: int, stop: int) -> list[ChunkInfo]:
+        """Chunks [first, stop) of a regular file, each checked to fit the file and its blob."""
+        image = self.image
+        size, chunk_size = image.stat(nid).size, image.chunk_size
+        infos = list(image.file_chunks(nid, first, stop))
+        for index, info in enumerate(infos, first):
+            expected = min(chunk_size, size - index * chunk_size)
             if info.uncompressed_size != expected:
                 raise FormatError(f"{image.source}: nid {nid} chunk {index} has "
                                   f"{info.uncompressed_size} bytes, not {expected}")
             self._check_index(info)
-            base = index * chunk_size
-            pieces.append((info, max(offset, base) - base, min(end, base + chunk_size) - base))
-        return pieces
+        return infos
 
     def _check_index(self, info: ChunkInfo) -> None:
         blob = self.image.blobs[info.blob_index]
@@ -189,127 +289,198 @@ class ChunkCache:
 
     def _read_cached(self, info: ChunkInfo, lo: int, hi: int) -> bytes | None:
         """Part of a chunk from the cache, verifying it on its first use; None if absent."""
-        key = (info.blob_index, info.index)
-        cache = self._files[info.blob_index]
         with self._lock:
+            cache = self._files[info.blob_index]
             if not cache.is_ready(info.index):
                 return None
-            if key in self._lru:
-                self._lru.move_to_end(key)
-            if self._verified[key[0]][key[1]]:
+            self._touch(info)
+            if self._verified[info.blob_index][info.index]:
                 self.stats.cache_hits += 1
                 return cache.read(info.uncompressed_offset + lo, hi - lo)
             whole = cache.read(info.uncompressed_offset, info.uncompressed_size)
-        if self._digest(info, whole):
-            with self._lock:
-                self._verified[key[0]][key[1]] = 1
-                self.stats.cache_hits += 1
-            return whole[lo:hi]
-        log.warning("%s: cached chunk %s does not match its digest; fetching it again",
-                    cache.data_path, info.block_id.hex())  # fmt: skip
+        if not self._verify(info, whole):
+            return None
         with self._lock:
-            self._drop(key, info)
-        return None
+            self.stats.cache_hits += 1
+        return whole[lo:hi]
 
-    def _digest(self, info: ChunkInfo, data: bytes) -> bool:
+    def _verify(self, info: ChunkInfo, data: bytes | memoryview) -> bool:
+        """Check a chunk read back from the cache; one that fails is dropped (fetched anew)."""
+        if self._digest(info, data):
+            with self._lock:
+                self._verified[info.blob_index][info.index] = 1
+            return True
+        log.warning("%s: cached chunk %s does not match its digest; fetching it again",
+                    self._files[info.blob_index].data_path, info.block_id.hex())  # fmt: skip
+        with self._lock:
+            self._drop((info.blob_index, info.index), info)
+        return False
+
+    def _digest(self, info: ChunkInfo, data: bytes | memoryview) -> bool:
         algo = self.image.blobs[info.blob_index].digest_algo
         return len(data) == info.uncompressed_size and digest_function(algo)(data) == info.block_id
 
+    # -- state of chunks (called with the lock held) -----------------------------------------
+
+    def _usable(self, info: ChunkInfo) -> bool:
+        """Whether a chunk is cached and verified: readable as it is."""
+        b, c = info.blob_index, info.index
+        return bool(self._verified[b][c]) and self._files[b].is_ready(c)
+
+    def _touch(self, info: ChunkInfo) -> None:
+        key = (info.blob_index, info.index)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+
     # -- fetching ----------------------------------------------------------------------
 
-    def fetch(self, infos: Iterable[ChunkInfo]) -> dict[_Key, bytes]:
-        """The uncompressed, verified bytes of chunks, fetched (or awaited) and cached.
+    def fetch(self, infos: Iterable[ChunkInfo]) -> None:
+        """Fetch (or await) chunks into the cache. Raises the error of the first chunk that
+        cannot be had (`IntegrityError` for data that does not match its digest)."""
+        self._fetch(infos, keep=False)
 
-        Raises the error of the first chunk that cannot be had (`IntegrityError` for data
-        that does not match its digest).
-        """
-        unique = {(c.blob_index, c.index): c for c in infos}
-        mine: list[ChunkInfo] = []
-        theirs: dict[_Key, Future[bytes]] = {}
-        with self._lock:
-            for key, info in unique.items():
-                if key in self._inflight:
-                    theirs[key] = self._inflight[key]
-                else:
-                    self._inflight[key] = Future()
-                    mine.append(info)
-            self.stats.cache_misses += len(mine)
+    def _fetch(self, infos: Iterable[ChunkInfo], keep: bool) -> dict[_Key, bytes | None]:
+        """Fetch chunks in this thread, or await those others are fetching: for each, its
+        bytes, or None when it is in the cache (always its bytes for the ones fetched
+        here when `keep`). Chunks already usable are left out."""
+        mine, theirs = self._claim(infos)
         try:
-            self._fetch_claimed(mine)
+            self._fetch_claimed(mine, keep)
         finally:
-            with self._lock:
-                for info in mine:
-                    future = self._inflight.pop((info.blob_index, info.index))
-                    if not future.done():
-                        future.set_exception(RafsError("chunk fetch was interrupted"))
-                    theirs[(info.blob_index, info.index)] = future
-        return {key: future.result() for key, future in theirs.items()}
+            self._abandon(mine)
+        futures = theirs | {key: future for key, (_, future) in mine.items()}
+        return {key: future.result() for key, future in futures.items()}
 
-    def _fetch_claimed(self, infos: list[ChunkInfo]) -> None:
-        """Fetch chunks this thread claimed, settling each one's future."""
-        for run in _merged_runs(infos):
-            first = run[0]
-            start = first.compressed_offset
-            size = run[-1].compressed_offset + run[-1].compressed_size - start
-            blob = self.image.blobs[first.blob_index]
-            try:
-                stored = self.backend.read_range(blob.id, start, size)
-            except RafsError as exc:
-                log.error("%s", exc)
-                for info in run:
-                    self._future(info).set_exception(exc)
-                continue
-            with self._lock:
-                self.stats.requests += 1
-                self.stats.bytes_fetched += len(stored)
-            for info in run:
-                at = info.compressed_offset - start
-                try:
-                    data = self._unpack(info, stored[at : at + info.compressed_size])
-                except IntegrityError as exc:
-                    log.error("%s", exc)
-                    with self._lock:
-                        self.stats.corrupt_chunks += 1
-                    self._future(info).set_exception(exc)
-                    continue
-                with self._lock:
-                    self._store(info, data)
-                self._future(info).set_result(data)
-
-    def _future(self, info: ChunkInfo) -> Future[bytes]:
+    def _claim(self, infos: Iterable[ChunkInfo]) -> tuple[_Claim, dict[_Key, _Future]]:
+        """Take on the chunks that are neither usable nor being fetched: (those, with a new
+        future each; the futures of those other threads are fetching)."""
+        mine: _Claim = {}
+        theirs: dict[_Key, _Future] = {}
         with self._lock:
-            return self._inflight[(info.blob_index, info.index)]
+            for info in infos:
+                key = (info.blob_index, info.index)
+                if key in mine or key in theirs or self._usable(info):
+                    continue
+                future = self._inflight.get(key)
+                if future is None:
+                    mine[key] = (info, self._inflight.setdefault(key, Future()))
+                else:
+                    theirs[key] = future
+            self.stats.cache_misses += len(mine)
+        return mine, theirs
 
-    def _unpack(self, info: ChunkInfo, stored: bytes) -> bytes:
-        blob = self.image.blobs[info.blob_index]
-        where = f"blob {blob.id}: chunk {info.block_id.hex()}"
-        try:
-            algo = blob.compression_algo if info.compressed else 0
-            data = decompress(stored, algo, info.uncompressed_size)
-        except FormatError as exc:
-            raise IntegrityError(f"{where}: {exc}") from None
-        if not self._digest(info, data):
-            raise IntegrityError(f"{where}: data does not match the chunk digest")
-        return data
-
-    # -- storing and eviction (called with the lock held) --------------------------------
-
-    def _store(self, info: ChunkInfo, data: bytes) -> None:
+    def _settle(self, claim: _Claim, info: ChunkInfo, result: bytes | None = None,
+                error: BaseException | None = None) -> None:  # fmt: skip
+        """Hand a claimed chunk's outcome to whoever waits for it."""
         key = (info.blob_index, info.index)
-        self.stats.chunks_fetched += 1
+        _, future = claim[key]
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _abandon(self, claim: _Claim) -> None:
+        """Fail the chunks of a claim left unsettled (their fetch raised or was cancelled)."""
+        for info, future in claim.values():
+            if not future.done():
+                self._settle(claim, info, error=RafsError("chunk fetch was interrupted"))
+
+    def _fetch_claimed(self, claim: _Claim, keep: bool) -> None:
+        """Fetch the chunks of a claim, settling each one's future (`keep`: with its bytes).
+        A chunk in the cache that has not been verified yet is checked, not fetched."""
+        todo = []
+        for info, _ in claim.values():
+            whole = self._read_cached(info, 0, info.uncompressed_size)
+            if whole is None:
+                todo.append(info)
+            else:
+                self._settle(claim, info, whole if keep else None)
+        for run in _merged_runs(todo):
+            self._fetch_run(claim, run, keep)
+
+    def _fetch_run(self, claim: _Claim, run: list[ChunkInfo], keep: bool) -> None:
+        """Fetch chunks whose stored bytes are adjacent: one backend read, then each chunk
+        decompressed, verified and stored in turn."""
+        first = run[0]
+        start = first.compressed_offset
+        size = run[-1].compressed_offset + run[-1].compressed_size - start
+        blob = self.image.blobs[first.blob_index]
+        stored = self._buffer("stored", size)[:size]
+        try:
+            self.backend.read_into(blob.id, start, stored)
+        except (RafsError, OSError) as exc:
+            log.error("blob %s: %s", blob.id, exc)
+            for info in run:
+                self._settle(claim, info, error=exc)
+            return
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.bytes_fetched += size
+        for info in run:
+            at = info.compressed_offset - start
+            try:
+                data = self._unpack(info, stored[at : at + info.compressed_size])
+            except IntegrityError as exc:
+                log.error("%s", exc)
+                with self._lock:
+                    self.stats.corrupt_chunks += 1
+                self._settle(claim, info, error=exc)
+                continue
+            kept = self._store(info, data)
+            self._settle(claim, info, bytes(data) if keep or not kept else None)
+
+    def _buffer(self, name: str, size: int) -> memoryview:
+        """This thread's reusable buffer `name`, at least `size` bytes."""
+        buffer: bytearray | None = getattr(self._scratch, name, None)
+        if buffer is None or len(buffer) < size:
+            buffer = bytearray(size)
+            setattr(self._scratch, name, buffer)
+        return memoryview(buffer)
+
+    def _unpack(self, info: ChunkInfo, stored: memoryview) -> memoryview:
+        """A chunk's verified bytes, decompressed into this thread's buffer."""
+        blob = self.image.blobs[info.blob_index]
+        algo = blob.compression_algo if info.compressed else 0
+        out = self._buffer("data", info.uncompressed_size)
+        try:
+            data = decompress_into(stored, algo, info.uncompressed_size, out)
+        except FormatError as exc:
+            problem = str(exc)
+        else:
+            if self._digest(info, data):
+                return data
+            problem = "data does not match the chunk digest"
+        raise IntegrityError(f"blob {blob.id}: chunk {info.block_id.hex()}: {problem}")
+
+    # -- storing and eviction --------------------------------------------------------------
+
+    def _store(self, info: ChunkInfo, data: memoryview) -> bool:
+        """Write a verified chunk to the cache; False if it could not be kept there."""
+        key = (info.blob_index, info.index)
         cache = self._files[info.blob_index]
         need = _footprint(info)
-        if cache.is_ready(info.index) or (self.limit is not None and not self._make_room(need)):
-            return
+        with self._lock:
+            self.stats.chunks_fetched += 1
+            if cache.is_ready(info.index):
+                return True
+            if self.limit is not None and not self._make_room(need):
+                return False
+            self._usage += need  # reserved while the chunk is written, outside the lock
         try:
             cache.write(info.uncompressed_offset, data)
         except OSError as exc:
             log.error("%s: cannot store chunk: %s", cache.data_path, exc)
-            return
-        cache.set_ready(info.index, True)
-        self._verified[key[0]][key[1]] = 1
-        self._lru[key] = info
-        self._usage += need
+            with self._lock:
+                self._usage -= need
+            return False
+        with self._lock:
+            cache.set_ready(info.index, True)
+            self._verified[key[0]][key[1]] = 1
+            self._lru[key] = info
+        return True
 
     def _make_room(self, need: int) -> bool:
         assert self.limit is not None
@@ -389,6 +560,7 @@ class ChunkCache:
         }
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for cache in self._files:
                 cache.close()
@@ -400,7 +572,7 @@ def _footprint(info: ChunkInfo) -> int:
     return align_up(info.uncompressed_size, 4096)
 
 
-def _contiguous(pieces: list[tuple[ChunkInfo, int, int]]) -> bool:
+def _contiguous(pieces: list[_Piece]) -> bool:
     """Whether the pieces lie back to back in one blob's uncompressed data."""
     return all(
         b.blob_index == a.blob_index
@@ -423,4 +595,3 @@ def _merged_runs(infos: list[ChunkInfo]) -> list[list[ChunkInfo]]:
                 continue
         runs.append([info])
     return runs
-

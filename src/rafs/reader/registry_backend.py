@@ -65,6 +65,9 @@ class RegistryBackend:
         )
         return b"".join(parts)
 
+    def read_into(self, blob_id: str, offset: int, buffer: memoryview) -> None:
+        buffer[:] = self.read_range(blob_id, offset, len(buffer))
+
     def _get(self, digest: Digest, offset: int, size: int) -> bytes:
         with self._slots:
             data = self.repository.read_blob_range(digest, offset, size)
