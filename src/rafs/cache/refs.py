@@ -13,11 +13,6 @@ compressions are *variants* linked to it (`variants.py`) and made on demand:
   `locks/ensure-<ref>-<c>` (a fresh open file each time, so threads exclude each other too)
   and looks again before converting. Returns whether this call converted;
 - `get_blob_with_compression_with_retry(c)`: look, ensure, look again.
-
-Converting is CPU-bound Python, so threads converting side by side share one interpreter
-lock. `ensure_compression_at` is `ensure_compression` as the entry point of a worker process
-over a LocalStore, for callers that convert several layers at once (`CacheManager.paths`
-says whether the cache can be reopened in another process).
 """
 
 from __future__ import annotations
@@ -32,7 +27,6 @@ from rafs.cache.compression import Compression, compression_of, convert_blob, is
 from rafs.cache.metadata import RefRecord, RefTable, new_ref_id
 from rafs.cache.variants import descriptors, link_variant
 from rafs.content import Info, Store
-from rafs.content.local import LocalStore
 from rafs.digest import Digest, chain_id
 from rafs.errors import FailedPrecondition, InvalidArgument, NotFound
 from rafs.oci import Descriptor
@@ -77,13 +71,6 @@ class CacheManager:
                            desc.media_type, info.size, diff_id, chain, blob_chain,
                            dict(desc.annotations))  # fmt: skip
         return ImmutableRef(self, self._refs.add(record))
-
-    @property
-    def paths(self) -> tuple[str, str] | None:
-        """(store root, cache root) to reopen this cache in another process, if it can be."""
-        if not isinstance(self.store, LocalStore):
-            return None
-        return str(self.store.root), str(self.root)
 
     def get(self, ref_id: str) -> ImmutableRef:
         return ImmutableRef(self, self._refs.get(ref_id))
@@ -171,9 +158,3 @@ class ImmutableRef:
             self.ensure_compression(compression)
         return self.get_blob_with_compression(compression)
 
-
-def ensure_compression_at(store_root: str, cache_root: str, ref_id: str,
-                          compression: str) -> bool:  # fmt: skip
-    """`ensure_compression` on a cache reopened from `CacheManager.paths` (in a worker)."""
-    cache = CacheManager(LocalStore(store_root, create=False), Path(cache_root))
-    return cache.get(ref_id).ensure_compression(Compression(compression))

@@ -8,9 +8,9 @@ For each manifest (an index is converted entry by entry, filtered by platform):
 3. `merge_nydus` the chain into the bootstrap layer;
 4. rewrite manifest and config (`manifest.py`), push blobs, config, then the manifest.
 The steps overlap: fetches run side by side (`IO_WORKERS`), a layer converts (`jobs` at
-once, in worker processes when the store can be reopened there) as soon as it is in, and
-its result is pushed while other layers convert and merge. A manifest that already ends in
-a bootstrap layer is copied unchanged.
+once) as soon as it is in, and its result is pushed while other layers convert and merge.
+(Threads: a process pool measured no faster here, one large layer being the critical path.)
+A manifest that already ends in a bootstrap layer is copied unchanged.
 
 `reverse=True` goes the other way: each Nydus blob layer is unpacked to a gzip tar (again a
 cached compression variant) and the bootstrap layer is dropped.
@@ -24,14 +24,12 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from typing import TypeVar
 
 from rafs.cache import CacheManager, Compression, ImmutableRef, merge_nydus
 from rafs.cache.image import check_layers, layer_ref
-from rafs.cache.refs import ensure_compression_at
 from rafs.content import write_blob
 from rafs.convert.endpoints import ImageEndpoint
 from rafs.convert.manifest import is_nydus, nydus_image, oci_image
@@ -101,17 +99,10 @@ class _Conversion:
         self.io = ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="convert-io")
         self.cpu = ThreadPoolExecutor(max_workers=max(1, options.jobs),
                                       thread_name_prefix="convert")  # fmt: skip
-        # Conversions run in worker processes when there are several at once and the
-        # store can be reopened there; a thread of `cpu` waits for each.
-        self.processes: ProcessPoolExecutor | None = None
-        if options.jobs > 1 and cache.paths is not None:
-            self.processes = ProcessPoolExecutor(options.jobs, mp_context=get_context("spawn"))
 
     def close(self) -> None:
         self.io.shutdown(cancel_futures=True)
         self.cpu.shutdown(cancel_futures=True)
-        if self.processes is not None:
-            self.processes.shutdown(cancel_futures=True)
 
     def _parallel(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(self.io.map(function, items))
@@ -183,12 +174,7 @@ class _Conversion:
     def _variant(self, ref: ImmutableRef, compression: Compression,
                  pushes: list[Future[None]]) -> Descriptor:  # fmt: skip
         """The layer in `compression` (converted unless stored), its push started."""
-        if self.processes is not None and self.cache.paths is not None:
-            converted = self.processes.submit(ensure_compression_at, *self.cache.paths, ref.id,
-                                              compression.value).result()  # fmt: skip
-        else:
-            converted = ref.ensure_compression(compression)
-        if converted:
+        if ref.ensure_compression(compression):
             self.summary.converted += 1
         desc = ref.get_blob_with_compression(compression)
         pushes.append(self.io.submit(self.target.push_blob, desc, self.store))
