@@ -8,6 +8,8 @@ unmounts when the block ends (lazily, as a last resort), so no test leaves a sta
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -21,6 +23,7 @@ import pytest
 
 from rafs.cli.mount import mount_type
 from tests.conftest import RafsRunner
+from tests.support.tree import compare, snapshot
 
 
 def require_fuse() -> None:
@@ -84,3 +87,28 @@ def foreground_mount(image: Path, mountpoint: Path, *options: str | Path
             except subprocess.TimeoutExpired:
                 process.kill()
         unmount(mountpoint)
+
+
+def assert_same_tree(source: Path, mountpoint: Path) -> None:
+    """The mounted tree equals `source` in every compared field (root mtime aside)."""
+    problems = compare(snapshot(source), snapshot(mountpoint), ignore_root_mtime=True)
+    assert problems == [], "\n".join(problems[:50])
+
+
+def regular_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_only_victim_unreadable(mountpoint: Path, source: Path, victim: str) -> None:
+    """Reading `victim` gives EIO; every other regular file reads as in `source`."""
+    with pytest.raises(OSError) as raised:
+        (mountpoint / victim).read_bytes()
+    assert raised.value.errno == errno.EIO
+    for path in regular_files(source):
+        relative = path.relative_to(source)
+        if relative.as_posix() != victim:
+            assert sha256_of(mountpoint / relative) == sha256_of(path), relative
