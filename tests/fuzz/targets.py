@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -59,7 +58,7 @@ from tests.fuzz.oci_targets import (
     reference,
     reference_seeds,
 )
-from tests.support.v5_writer import Dir, File, Hardlink, Special, Symlink, write_v5
+from tests.support.v5_writer import SMALL_TREE, write_v5
 
 TIME_LIMIT = 1.0  # seconds of CPU one input may take
 MEMORY_LIMIT = 512 << 20  # bytes one input may allocate
@@ -302,16 +301,6 @@ def blob_meta(data: bytes) -> None:
 
 # -- v5 bootstraps ---------------------------------------------------------------------------
 
-_V5_TREE = {
-    "/d": Dir(xattrs={b"user.x": b"yz"}),
-    "/d/f": File(data=b"hello world" * 50),
-    "/d/h": Hardlink("/d/f"),
-    "/d/sparse": File(data=bytes(CHUNK) + b"tail", holes=True),
-    "/e": Dir(),
-    "/l": Symlink(target=b"d/f"),
-    "/z": File(data=bytes(range(256)) * 20, xattrs={b"trusted.t": b"1"}),
-    "/c": Special(kind=stat.S_IFCHR, rdev=(5, 1)),
-}
 _V5_OPTIONS: list[dict[str, object]] = [
     {"compressor": Compressor.LZ4_BLOCK, "prefetch": ["/d"]},
     {"compressor": Compressor.ZSTD, "digester": Digester.SHA256, "layout": "2022"},
@@ -321,14 +310,14 @@ _v5_blob_dir: list[Path] = []
 
 
 def v5_seeds() -> list[bytes]:
-    return [write_v5(_V5_TREE, chunk_size=CHUNK, **options).bootstrap  # type: ignore[arg-type]
+    return [write_v5(SMALL_TREE, chunk_size=CHUNK, **options).bootstrap  # type: ignore[arg-type]
             for options in _V5_OPTIONS]  # fmt: skip
 
 
 def _v5_setup(workdir: Path) -> None:
     folder = workdir / "v5-blobs"
     for options in _V5_OPTIONS:
-        write_v5(_V5_TREE, chunk_size=CHUNK, **options).save(folder)  # type: ignore[arg-type]
+        write_v5(SMALL_TREE, chunk_size=CHUNK, **options).save(folder)  # type: ignore[arg-type]
     _v5_blob_dir[:] = [folder]
 
 

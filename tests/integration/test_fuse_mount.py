@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rafs.cli.mount import mount_type, state_path
+from rafs.cli.mount import mount_type
 from rafs.reader.artifact import open_artifact
 from tests.conftest import RafsRunner
 from tests.support.fuse import (
@@ -27,6 +27,7 @@ from tests.support.fuse import (
     foreground_mount,
     rafs_mount,
     require_fuse,
+    usr1_stats,
 )
 from tests.support.kernel import require_kernel_erofs
 
@@ -97,21 +98,11 @@ def test_debian_rootfs_reads_as_source_and_runs(
         assert result.returncode == 0, result.stderr
         assert "bin" in result.stdout.split()
         assert 'ID=debian' in result.stdout
-        first_read = json.loads(_usr1_stats(mnt, stats))
+        first_read = usr1_stats(mnt, stats)
         assert first_read["bytes_fetched"] < layer.stat().st_size / 10
         assert_same_tree(rootfs, mnt)
 
 
-def _usr1_stats(mountpoint: Path, stats: Path) -> str:
-    """SIGUSR1 the mount process (found through its pid file) and read what it writes."""
-    pid = int(state_path(mountpoint.resolve(), ".pid").read_text())
-    stats.unlink(missing_ok=True)
-    os.kill(pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while not stats.exists():
-        assert time.monotonic() < deadline, "no statistics after SIGUSR1"
-        time.sleep(0.02)
-    return stats.read_text()
 
 
 def test_corrupt_chunk_fails_only_its_file(
@@ -196,7 +187,7 @@ def test_prefetch_paths_fill_the_cache(
     options = ("--cache-dir", cache, "--prefetch", "/files", "--stats", stats)
     with rafs_mount(rafs, entry_layer, tmp_path / "mnt", *options) as mnt:
         deadline = time.monotonic() + 30
-        while json.loads(_usr1_stats(mnt, stats))["chunks_fetched"] < 5:
+        while usr1_stats(mnt, stats)["chunks_fetched"] < 5:
             assert time.monotonic() < deadline, "prefetch fetched nothing"
             time.sleep(0.1)
     result = json.loads(stats.read_text())

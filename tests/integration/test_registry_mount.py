@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from rafs.cli.mount import mount_type, state_path
+from rafs.cli.mount import mount_type
 from rafs.oci import Manifest
 from rafs.reader.artifact import open_artifact
 from rafs.registry import RegistryClient
@@ -34,6 +32,7 @@ from tests.support.fuse import (
     rafs_mount,
     regular_files,
     require_fuse,
+    usr1_stats,
 )
 from tests.support.kernel import require_kernel_erofs
 from tests.support.nydus_image import BuiltImage, build_nydus_image, push
@@ -59,17 +58,6 @@ def entry_image(entry_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Bu
 
 
 
-def _usr1_stats(mountpoint: Path, stats: Path) -> dict[str, int]:
-    """SIGUSR1 the mount process (found through its pid file) and read what it writes."""
-    pid = int(state_path(mountpoint.resolve(), ".pid").read_text())
-    stats.unlink(missing_ok=True)
-    os.kill(pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while not stats.exists():
-        assert time.monotonic() < deadline, "no statistics after SIGUSR1"
-        time.sleep(0.02)
-    result: dict[str, int] = json.loads(stats.read_text())
-    return result
 
 
 def _blob_gets(seen: list[Seen]) -> list[dict[str, str]]:
@@ -126,7 +114,7 @@ def test_mount_serves_from_cache_after_the_registry_stops(
         ref = push(entry_image, own.host, "lazy/stop", "v1")
         with rafs_mount(rafs, ref, tmp_path / "mnt", *options) as mnt:
             assert_same_tree(entry_tree, mnt)
-            fetched = _usr1_stats(mnt, stats)
+            fetched = usr1_stats(mnt, stats)
             running.close()  # the registry is gone
             with pytest.raises(httpx.TransportError):
                 httpx.get(f"http://{own.host}/v2/", timeout=2)
@@ -134,7 +122,7 @@ def test_mount_serves_from_cache_after_the_registry_stops(
                 with path.open("rb") as f:
                     os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             assert_same_tree(entry_tree, mnt)
-            after = _usr1_stats(mnt, stats)
+            after = usr1_stats(mnt, stats)
     assert after["requests"] == fetched["requests"] and after["corrupt_chunks"] == 0
     assert after["cache_hits"] > fetched["cache_hits"]
 
@@ -175,7 +163,7 @@ def test_debian_rootfs_starts_lazily_from_the_registry(
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "bin" in result.stdout.split() and "ID=debian" in result.stdout
-        first = _usr1_stats(mnt, stats)
+        first = usr1_stats(mnt, stats)
         share = first["bytes_fetched"] / layer_bytes
         print(f"\nfetched {first['bytes_fetched']} of {layer_bytes} layer bytes "
               f"({share:.2%}) in {first['requests']} requests")  # fmt: skip

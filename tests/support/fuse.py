@@ -11,8 +11,10 @@ import contextlib
 import errno
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from rafs.cli.mount import mount_type
+from rafs.cli.mount import mount_type, state_path
 from tests.conftest import RafsRunner
 from tests.support.tree import compare, snapshot
 
@@ -112,3 +114,16 @@ def assert_only_victim_unreadable(mountpoint: Path, source: Path, victim: str) -
         relative = path.relative_to(source)
         if relative.as_posix() != victim:
             assert sha256_of(mountpoint / relative) == sha256_of(path), relative
+
+
+def usr1_stats(mountpoint: Path, stats: Path) -> dict[str, int]:
+    """SIGUSR1 the mount process (found through its pid file) and read what it writes."""
+    pid = int(state_path(mountpoint.resolve(), ".pid").read_text())
+    stats.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not stats.exists():
+        assert time.monotonic() < deadline, "no statistics after SIGUSR1"
+        time.sleep(0.02)
+    result: dict[str, int] = json.loads(stats.read_text())
+    return result

@@ -419,3 +419,17 @@ def write_v5(
         indexes={node.path: node.index for node in order},
         offsets=offsets,
     )
+
+
+SMALL_TREE: Description = {
+    "/d": Dir(xattrs={b"user.x": b"yz"}),
+    "/d/f": File(data=b"hello world" * 50),
+    "/d/h": Hardlink("/d/f"),
+    "/d/sparse": File(data=bytes(4096) + b"tail", holes=True),
+    "/e": Dir(),
+    "/l": Symlink(target=b"d/f"),
+    "/z": File(data=bytes(range(256)) * 20, xattrs={b"trusted.t": b"1"}),
+    "/c": Special(kind=stat.S_IFCHR, rdev=(5, 1)),
+}
+"""Every v5 entry kind in a few bytes (one 4 KiB chunk of zeros in a sparse file): the
+corruption sweep's and the v5 fuzz target's seed tree."""

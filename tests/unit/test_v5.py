@@ -52,6 +52,7 @@ from rafs.format.v5 import (
 from rafs.reader.v5 import RafsV5Image, V5Stat
 from tests.conftest import RafsRunner
 from tests.support.v5_writer import (
+    SMALL_TREE,
     Description,
     Dir,
     File,
@@ -410,16 +411,6 @@ def test_detected_by_magic_and_version(tmp_path: Path) -> None:
 
 # -- corrupt input -------------------------------------------------------------------------
 
-FUZZ_TREE: Description = {
-    "/d": Dir(xattrs={b"user.x": b"yz"}),
-    "/d/f": File(data=b"hello world" * 50),
-    "/d/h": Hardlink("/d/f"),
-    "/d/sparse": File(data=bytes(CHUNK) + b"tail", holes=True),
-    "/e": Dir(),
-    "/l": Symlink(target=b"d/f"),
-    "/z": File(data=bytes(range(256)) * 20, xattrs={b"trusted.t": b"1"}),
-    "/c": Special(kind=stat.S_IFCHR, rdev=(5, 1)),
-}
 
 
 def _exercise(data: bytes, blob_dir: Path) -> None:
@@ -448,7 +439,7 @@ def _exercise(data: bytes, blob_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def fuzz_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
     blob_dir = tmp_path_factory.mktemp("v5-fuzz")
-    built = write_v5(FUZZ_TREE, chunk_size=CHUNK, compressor=Compressor.LZ4_BLOCK, prefetch=["/d"])
+    built = write_v5(SMALL_TREE, chunk_size=CHUNK, compressor=Compressor.LZ4_BLOCK, prefetch=["/d"])
     built.save(blob_dir)
     _exercise(built.bootstrap, blob_dir)
     return built.bootstrap, blob_dir
