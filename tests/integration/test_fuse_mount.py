@@ -20,16 +20,20 @@ import pytest
 
 from rafs.cli.mount import mount_type
 from rafs.reader.artifact import open_artifact
+from rafs.reader.image import RafsImage
 from tests.conftest import RafsRunner
 from tests.support.fuse import (
     assert_only_victim_unreadable,
     assert_same_tree,
     foreground_mount,
     rafs_mount,
+    regular_files,
     require_fuse,
+    sha256_of,
     usr1_stats,
 )
 from tests.support.kernel import require_kernel_erofs
+from tests.support.patching import redirect_dirent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,12 +58,6 @@ def _split_image(rafs: RafsRunner, tar: Path, out: Path) -> tuple[Path, Path]:
     digest = rafs("create", tar, "-o", layer, "--bootstrap", bootstrap).stdout.decode().strip()
     layer.rename(blobs / digest.removeprefix("sha256:"))
     return bootstrap, blobs
-
-
-
-
-
-
 
 
 def test_entry_tree_reads_as_source_and_stats(
@@ -103,8 +101,6 @@ def test_debian_rootfs_reads_as_source_and_runs(
         assert_same_tree(rootfs, mnt)
 
 
-
-
 def test_corrupt_chunk_fails_only_its_file(
     rafs: RafsRunner, entry_tree: Path, entry_tar: Path, tmp_path: Path
 ) -> None:
@@ -125,6 +121,33 @@ def test_corrupt_chunk_fails_only_its_file(
     errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
     assert errors and all("does not match the chunk digest" in e or "Zstd" in e or
                           "decompress" in e.lower() for e in errors), errors  # fmt: skip
+
+
+def test_a_directory_cycle_neither_hangs_nor_stops_the_mount(
+    rafs: RafsRunner, entry_tree: Path, entry_tar: Path, tmp_path: Path
+) -> None:
+    """/deep's first subdirectory patched to be /deep itself, and the root's `files` to be
+    the root: walking the mount ends - the kernel refuses a second name for a directory
+    (ELOOP) and an entry naming the root (EIO) - other files still read, and the mount
+    unmounts cleanly."""
+    bootstrap, blobs = _split_image(rafs, entry_tar, tmp_path)
+    data = bootstrap.read_bytes()
+    image = RafsImage(data, "boot")
+    deep = image.lookup("/deep")
+    [child] = [e.name for e in image.children(deep)][:1]
+    data = redirect_dirent(data, "/deep", child, deep)
+    bootstrap.write_bytes(redirect_dirent(data, "/", b"files", image.root_nid))
+    with rafs_mount(rafs, bootstrap, tmp_path / "mnt", "--blob-dir", blobs) as mnt:
+        walk = subprocess.run(["find", str(mnt)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "LC_ALL": "C"})  # fmt: skip
+        refused = walk.stderr.splitlines()
+        assert len(refused) == 2, refused
+        assert f"/deep/{child.decode()}" in refused[0] and "Too many levels" in refused[0]
+        assert "/files" in refused[1] and "Input/output error" in refused[1], refused
+        assert (mnt / "xattrs").is_dir() and mount_type(mnt.resolve()) == "fuse.rafs"
+        for path in regular_files(entry_tree / "hardlinks"):
+            relative = path.relative_to(entry_tree)
+            assert sha256_of(mnt / relative) == sha256_of(path), relative
 
 
 def test_cache_serves_after_blobs_are_gone(

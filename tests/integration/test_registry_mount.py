@@ -52,14 +52,6 @@ def entry_image(entry_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Bu
     return build_nydus_image([entry_tar], tmp_path_factory.mktemp("entry-image"))
 
 
-
-
-
-
-
-
-
-
 def _blob_gets(seen: list[Seen]) -> list[dict[str, str]]:
     return [s.headers for s in seen if s.method == "GET" and "/blobs/" in s.path]
 

@@ -26,13 +26,12 @@ import pytest
 from rafs import cli as rafs_cli
 from rafs.errors import FormatError, IntegrityError, InvalidArgument, NotFound, RafsError
 from rafs.format.chunktable import ChunkInfo
-from rafs.format.dirent import Dirent, unpack_dirent_block
-from rafs.format.inode import DataLayout
 from rafs.format.toc import SECTION_BLOB, SECTION_BOOTSTRAP, TAR_BLOCK, TocEntry
 from rafs.reader.artifact import open_artifact
 from rafs.reader.image import RafsImage
 from rafs.reader.layer import read_toc
 from tests.conftest import RafsRunner
+from tests.support.patching import redirect_dirent
 
 SUBPROCESS_TIMEOUT = 30.0
 IN_PROCESS_TIMEOUT = 10.0
@@ -486,26 +485,13 @@ def test_not_nydus_as_subprocess(rafs: RafsRunner, sample: Sample, tmp_path: Pat
 # -- loops the reader must not fall into ---------------------------------------------------
 
 
-def _redirect_dirent(boot: bytes, directory: str, name: bytes, nid: int) -> bytes:
-    """A copy of a bootstrap where `directory`'s entry `name` points at `nid`."""
-    image = RafsImage(boot, "boot")
-    st = image.stat(image.lookup(directory))
-    assert st.layout == DataLayout.FLAT_INLINE and st.size < image.block_size
-    block = boot[st.body_offset : st.body_offset + st.size]
-    for index, (entry_name, _) in enumerate(unpack_dirent_block(block, st.size)):
-        if entry_name == name:
-            at = st.body_offset + index * Dirent.SIZE
-            return boot[:at] + nid.to_bytes(8, "little") + boot[at + 8 :]
-    raise AssertionError(f"{directory} has no entry {name!r}")
-
-
 @pytest.mark.parametrize("target", ["/", "/etc"])
 def test_directory_cycle(rafs: RafsRunner, sample: Sample, tmp_path: Path, target: str) -> None:
     """/etc/ssl points back at the root (or at /etc): ls -R and check end with a report."""
     data = sample.boot.read_bytes()
     nid = RafsImage(data, "boot").lookup(target)
     boot = tmp_path / "boot"
-    boot.write_bytes(_redirect_dirent(data, "/etc", b"ssl", nid))
+    boot.write_bytes(redirect_dirent(data, "/etc", b"ssl", nid))
 
     result = rafs("ls", boot, "-R", check=False, timeout=SUBPROCESS_TIMEOUT)
     assert_clean(result.returncode, result.stderr, [boot], "ls -R")
