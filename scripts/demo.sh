@@ -133,10 +133,14 @@ run ls -lR "$mnt"
 run cat "$mnt/hello.txt"
 run umount "$mnt"
 
-step "Mounting it lazily with FUSE: chunks are read (and cached) only when files are"
-run "$rafs" mount oci:nydus-image:v1 "$mnt" --cache-dir chunk-cache --stats mount-stats.json
-run cat "$mnt/hello.txt"
-run "$rafs" umount "$mnt"
-run cat mount-stats.json
-echo
+if [ -e /dev/fuse ]; then
+    step "Mounting it lazily with FUSE: chunks are read (and cached) only when files are"
+    run "$rafs" mount oci:nydus-image:v1 "$mnt" --cache-dir chunk-cache --stats mount-stats.json
+    run cat "$mnt/hello.txt"
+    run "$rafs" umount "$mnt"
+    run cat mount-stats.json
+    echo
+else
+    step "Skipping the FUSE mount: /dev/fuse is missing"
+fi
 echo "done: everything is in $out"
