@@ -503,8 +503,6 @@ def reference(data: bytes) -> None:
         ref.name  # noqa: B018 - the property is what the registry code reads
         if ref.transport == "docker":
             ref.api_host  # noqa: B018
-            if ref.with_tag(ref.tag or "latest").tag != (ref.tag or "latest"):
-                raise Broken(f"{text!r}: with_tag lost the tag")
     try:
         platform = parse_platform(text)
     except InvalidArgument:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from rafs.digest import Digest
@@ -60,12 +60,6 @@ class Reference:
     def name(self) -> str:
         """The repository reference in the API: the digest if known, else the tag."""
         return str(self.digest) if self.digest is not None else self.tag or DEFAULT_TAG
-
-    def with_tag(self, tag: str) -> Reference:
-        return replace(self, tag=_check_tag(tag, self.transport, str(self)), digest=None)
-
-    def with_digest(self, digest: str) -> Reference:
-        return replace(self, digest=Digest(digest))
 
     def __str__(self) -> str:
         if self.transport == "oci":
