@@ -58,6 +58,7 @@ from tests.fuzz.oci_targets import (
     reference,
     reference_seeds,
 )
+from tests.support.tarballs import make_tar
 from tests.support.v5_writer import SMALL_TREE, write_v5
 
 TIME_LIMIT = 1.0  # seconds of CPU one input may take
@@ -75,24 +76,6 @@ class _Null:
 
 
 # -- seed sources ----------------------------------------------------------------------------
-
-
-def make_tar(entries: list[tuple[str, bytes | None, dict[str, object]]],
-         fmt: int = tarfile.PAX_FORMAT) -> bytes:  # fmt: skip
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
-        for name, data, attrs in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            info.mode = 0o644
-            if data is None and "type" not in attrs:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-            for key, value in attrs.items():
-                setattr(info, key, value)
-            if data is not None:
-                info.size = len(data)
-            archive.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
 
 
 _TEXT = b"hello, world\n" * 20

@@ -15,14 +15,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
-from rafs.builder.bootstrap import BootstrapOptions, write_bootstrap
+from rafs.builder.bootstrap import write_bootstrap
 from rafs.builder.merge import (
     MergeLayer,
     MergeOptions,
     MergeResult,
-    _codecs,
     _is_own_blob,
     layer_bootstrap,
+    merged_options,
 )
 from rafs.builder.overlay import OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OVERLAYFS_OPAQUE_XATTR
 from rafs.builder.tree import Chunk, Inode, relabel_blobs
@@ -197,14 +197,8 @@ def reference_merge(layers: Sequence[MergeLayer], options: MergeOptions) -> Merg
     assert image is not None and root is not None
     order = _blob_order(root)
     relabel_blobs(root, {old: new for new, old in enumerate(order)})
-    compressor, digester = _codecs(image)
-    bootstrap = write_bootstrap(root, [entries[old] for old in order], BootstrapOptions(
-        chunk_size=image.chunk_size,
-        compressor=compressor,  # type: ignore[arg-type]
-        digester=digester,  # type: ignore[arg-type]
-        explicit_uid_gid=bool(image.ext.s_flags & RafsSuperFlags.EXPLICIT_UID_GID),
-        prefetch_patterns=options.prefetch_patterns,
-    ))  # fmt: skip
+    bootstrap = write_bootstrap(root, [entries[old] for old in order],
+                                merged_options(image, options.prefetch_patterns))
     return MergeResult(_with_has_xattr(bootstrap),
                        [f"sha256:{entries[old].id}" for old in order])  # fmt: skip
 

@@ -6,10 +6,12 @@ import io
 import tarfile
 
 
-def make_tar(entries: list[tuple[str, bytes | None, dict[str, object]]]) -> bytes:
-    """A PAX tar of (name, data or None for a directory, TarInfo attributes)."""
+def make_tar(entries: list[tuple[str, bytes | None, dict[str, object]]],
+             fmt: int = tarfile.PAX_FORMAT) -> bytes:  # fmt: skip
+    """A tar (PAX unless `fmt` says otherwise) of (name, data or None for a directory,
+    TarInfo attributes)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
         for name, data, attrs in entries:
             info = tarfile.TarInfo(name)
             info.mtime = 1_700_000_000

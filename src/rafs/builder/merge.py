@@ -102,11 +102,18 @@ def _is_own_blob(blob: BlobEntry) -> bool:
     return bool(blob.features & BlobFeatures.INLINED_FS_META) or blob.id == PLACEHOLDER_BLOB_ID
 
 
-def _codecs(image: RafsImage) -> tuple[int, int]:
+def merged_options(image: RafsImage, prefetch_patterns: tuple[str, ...]) -> BootstrapOptions:
+    """How the merged bootstrap is written: chunk size, codecs and id flag of the top layer."""
     flags = image.ext.s_flags
     compressor = next(c for c, bit in COMPRESSION_FLAG.items() if flags & bit)
     digester = next(d for d, bit in DIGEST_FLAG.items() if flags & bit)
-    return compressor, digester
+    return BootstrapOptions(
+        chunk_size=image.chunk_size,
+        compressor=compressor,
+        digester=digester,
+        explicit_uid_gid=bool(flags & RafsSuperFlags.EXPLICIT_UID_GID),
+        prefetch_patterns=prefetch_patterns,
+    )
 
 
 def merge_layers(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
@@ -148,14 +155,8 @@ def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
         root = stack_layer(root, raw, len(raws), options.whiteout_spec)
         raws.append(raw)
     assert image is not None and root is not None
-    compressor, digester = _codecs(image)
-    bootstrap, order = write_merged(raws, root, blobs, BootstrapOptions(
-        chunk_size=image.chunk_size,
-        compressor=compressor,  # type: ignore[arg-type]
-        digester=digester,  # type: ignore[arg-type]
-        explicit_uid_gid=bool(image.ext.s_flags & RafsSuperFlags.EXPLICIT_UID_GID),
-        prefetch_patterns=options.prefetch_patterns,
-    ))  # fmt: skip
+    bootstrap, order = write_merged(raws, root, blobs,
+                                    merged_options(image, options.prefetch_patterns))
     return MergeResult(bootstrap, [f"sha256:{blobs[slot].id}" for slot in order])
 
 

@@ -59,8 +59,9 @@ class CacheManager:
         if desc.size and info.size != desc.size:
             raise FailedPrecondition(f"layer {desc.digest}: stored size {info.size} is not "
                                      f"the descriptor's {desc.size}")  # fmt: skip
-        self.store.update(Info(info.digest, labels={mt.ANNOTATION_UNCOMPRESSED: diff_id}),
-                          f"labels.{mt.ANNOTATION_UNCOMPRESSED}")  # fmt: skip
+        if info.labels.get(mt.ANNOTATION_UNCOMPRESSED) != diff_id:
+            self.store.update(Info(info.digest, labels={mt.ANNOTATION_UNCOMPRESSED: diff_id}),
+                              f"labels.{mt.ANNOTATION_UNCOMPRESSED}")  # fmt: skip
         blob_id = chain_id([desc.digest, diff_id])
         if parent is None:
             chain, blob_chain = diff_id, blob_id
