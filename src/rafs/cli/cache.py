@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rafs.cache import CacheManager, merge_nydus
-from rafs.cache.image import import_from_layout
 from rafs.content.local import LocalStore
+from rafs.convert import import_image, open_endpoint
 from rafs.errors import InvalidArgument
-from rafs.oci import OCILayout, parse_reference
+from rafs.oci import parse_reference
 
 
 def register(commands: Any) -> None:
@@ -55,7 +55,11 @@ def run_import(args: Any) -> int:
     if reference.transport != "oci" or reference.path is None:
         raise InvalidArgument(f"{args.image}: cache import reads oci:PATH[:TAG] layouts")
     cache = _cache(args.store, create=True)
-    top = import_from_layout(cache, OCILayout.open(reference.path), reference.tag)
+    source = open_endpoint(reference)
+    try:
+        top = import_image(source, cache)
+    finally:
+        source.close()
     chain = top.layer_chain()
     for number, ref in enumerate(chain, 1):
         print(f"layer {number}/{len(chain)} {ref.record.blob}: ref {ref.id}", file=sys.stderr)

@@ -34,7 +34,7 @@ from rafs.content import write_blob
 from rafs.convert.endpoints import ImageEndpoint
 from rafs.convert.manifest import is_nydus, nydus_image, oci_image
 from rafs.digest import Digest
-from rafs.errors import NotFound
+from rafs.errors import InvalidArgument, NotFound
 from rafs.oci import Descriptor, ImageConfig, Index, Manifest, Platform, parse_manifest
 
 IO_WORKERS = 4
@@ -87,6 +87,25 @@ def convert_image(
         job.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def import_image(source: ImageEndpoint, cache: CacheManager) -> ImmutableRef:
+    """Fetch one image's layers into the cache's store (verified) and chain their refs;
+    returns the top ref."""
+    desc, data = source.resolve()
+    document = parse_manifest(desc.media_type, data, source.name)
+    if isinstance(document, Index):
+        raise InvalidArgument(f"{source.name}: is an index of {len(document.manifests)} "
+                              "images; import one platform's manifest")  # fmt: skip
+    config = ImageConfig.from_bytes(source.read_document(document.config),
+                                    f"{source.name}: config")  # fmt: skip
+    check_layers(document.layers, config.diff_ids, source.name)
+    ref = None
+    for layer, diff_id in zip(document.layers, config.diff_ids, strict=True):
+        source.fetch_into(layer, cache.store)
+        ref = layer_ref(cache, layer, diff_id, ref)
+    assert ref is not None
+    return ref
 
 
 class _Conversion:
