@@ -28,10 +28,10 @@ so no object is made per file; a directory of one layer only is taken over in bu
 
 from __future__ import annotations
 
-import stat
 from itertools import repeat
 
 from rafs.builder.raw_bootstrap import Header, RawBootstrap
+from rafs.builder.tree import has_implied_attributes
 from rafs.errors import FormatError
 from rafs.format.inode import EROFS_FT_CHRDEV, EROFS_FT_DIR
 
@@ -140,7 +140,7 @@ def _is_implied(layer: RawBootstrap, nid: int, header: Header,
                 xattrs: dict[bytes, bytes] | None) -> bool:  # fmt: skip
     """Whether a directory has exactly the attributes `create` gives a parent that a tar
     never names (0755, root, mtime 0, no xattrs)."""
-    if (header.mode != stat.S_IFDIR | 0o755 or header.uid or header.gid or header.mtime
-            or header.mtime_nsec):  # fmt: skip
+    if not has_implied_attributes(header.mode, header.uid, header.gid, header.mtime,
+                                  header.mtime_nsec):  # fmt: skip
         return False
     return not (xattrs if xattrs is not None else layer.xattrs(nid, header))

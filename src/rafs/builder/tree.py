@@ -56,6 +56,13 @@ def new_directory(mode: int = 0o755) -> Inode:
     return Inode(mode=stat.S_IFDIR | mode)
 
 
+def has_implied_attributes(mode: int, uid: int, gid: int, mtime: int, mtime_nsec: int) -> bool:
+    """Whether a directory has the attributes `new_directory` gives a parent no tar entry
+    named (0755, root, mtime 0); such a directory also has no xattrs, which callers check."""
+    return (mode == stat.S_IFDIR | 0o755 and uid == 0 and gid == 0 and mtime == 0
+            and mtime_nsec == 0)  # fmt: skip
+
+
 def relabel_blobs(root: Inode, mapping: dict[int, int]) -> None:
     """Give every chunk in the tree the blob index `mapping` assigns to its current one."""
     if all(old == new for old, new in mapping.items()):

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from rafs.builder.tree import has_implied_attributes
 from rafs.errors import FormatError
 from rafs.reader.artifact import Artifact
 from rafs.reader.blobs import read_file
@@ -242,9 +243,8 @@ _TAR_KINDS = {
 
 def _is_implied_parent(image: RafsImage, st: Stat) -> bool:
     """A non-empty directory with the attributes `create` gives parents a tar left out."""
-    return (st.mode == stat.S_IFDIR | 0o755 and st.uid == 0 and st.gid == 0
-            and st.mtime == 0 and st.mtime_nsec == 0 and not st.xattr_size
-            and bool(image.children(st.nid)))  # fmt: skip
+    return (has_implied_attributes(st.mode, st.uid, st.gid, st.mtime, st.mtime_nsec)
+            and not st.xattr_size and bool(image.children(st.nid)))  # fmt: skip
 
 
 def write_tar(artifact: Artifact, out: Sink) -> UnpackSummary:
