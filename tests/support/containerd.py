@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.daemon import run_daemon
 
 INSTALL_HINT = "containerd is not installed: run `make apt` (or `apt-get install containerd`)"
 
@@ -58,23 +58,9 @@ def start_containerd(base: Path, timeout: float = 30.0) -> Iterator[Containerd]:
     config.write_text(_config(base))
     log = base / "containerd.log"
     socket = base / "containerd.sock"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, "--config", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout
-        while not _answers(socket):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"containerd did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.05)
+    with run_daemon([binary, "--config", str(config)], log, lambda: _answers(socket),
+                    "containerd", timeout=timeout, stop_timeout=15):  # fmt: skip
         yield Containerd(socket, base / "root", log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.support.daemon import run_daemon
 
 REGISTRY_HINT = ("docker-registry is not installed: run `make apt` "
                  "(or `apt-get install docker-registry`)")
@@ -90,23 +91,9 @@ def start_registry(base: Path, auth: dict[str, Any] | None = None,
         config["auth"] = auth
     (base / "config.yml").write_text(json.dumps(config, indent=1))
     log = base / "registry.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, "serve", str(base / "config.yml")], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout
-        while not _answers(host):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"docker-registry did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.03)
+    with run_daemon([binary, "serve", str(base / "config.yml")], log, lambda: _answers(host),
+                    "docker-registry", timeout=timeout, poll=0.03):  # fmt: skip
         yield Registry(host, storage, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _answers(host: str) -> bool:
