@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,7 +225,27 @@ def test_local_layout(tmp_path: Path) -> None:
     assert os.listdir(root / "ingest") == []
     assert os.listdir(root / "blobs" / "sha256") == [blob.name]
     assert {p.name for p in root.iterdir()} - {"metadata.db-wal", "metadata.db-shm"} == {
-        "blobs", "ingest", "metadata.db"}  # fmt: skip
+        "blobs", "ingest", "metadata.db", "metadata.db.lock"}  # fmt: skip
+
+
+def test_local_first_commits_from_many_threads_all_keep_their_labels(tmp_path: Path) -> None:
+    """A fresh store's first label writes race to set up its database: none may be lost (two
+    connections switching a new database to WAL at once fail at once, whatever the timeout)."""
+    for trial in range(25):
+        store = LocalStore(tmp_path / f"store{trial}")
+        start = threading.Barrier(4)
+
+        def commit(n: int, store: LocalStore = store, start: threading.Barrier = start) -> None:
+            start.wait()
+            write_blob(store, f"ref-{n}", io.BytesIO(b"blob %d" % n), labels={"n": str(n)})
+
+        threads = [threading.Thread(target=commit, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        labels = [store.info(sha(b"blob %d" % n)).labels for n in range(4)]
+        assert labels == [{"n": str(n)} for n in range(4)]
 
 
 def test_local_resumes_containerd_ingest(tmp_path: Path) -> None:

@@ -20,16 +20,15 @@ from any process (SQLite in WAL mode with a busy timeout serialises writers).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import secrets
-import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rafs.digest import Digest
 from rafs.errors import FormatError, NotFound
+from rafs.sqlitedb import Database
 
 _COLUMNS = ("id, parent, blob, media_type, blob_size, diff_id, chain_id, blob_chain_id, "
             "annotations")  # fmt: skip
@@ -60,22 +59,12 @@ class RefTable:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS refs (id TEXT PRIMARY KEY, parent TEXT, "
-                "blob TEXT NOT NULL, media_type TEXT NOT NULL, blob_size INTEGER NOT NULL, "
-                "diff_id TEXT NOT NULL, chain_id TEXT NOT NULL, "
-                "blob_chain_id TEXT NOT NULL UNIQUE, annotations TEXT NOT NULL)"
-            )
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            yield db
-        finally:
-            db.close()
+        self._db = Database(path, [
+            "CREATE TABLE IF NOT EXISTS refs (id TEXT PRIMARY KEY, parent TEXT, "
+            "blob TEXT NOT NULL, media_type TEXT NOT NULL, blob_size INTEGER NOT NULL, "
+            "diff_id TEXT NOT NULL, chain_id TEXT NOT NULL, "
+            "blob_chain_id TEXT NOT NULL UNIQUE, annotations TEXT NOT NULL)"])  # fmt: skip
+        self._connect = self._db.connect
 
     def add(self, record: RefRecord) -> RefRecord:
         """Insert `record` unless a ref with its blob_chain_id exists; return the stored one."""

@@ -8,6 +8,7 @@
         updatedat  idem; refreshed on close (status takes the later of it and data's mtime)
         total      decimal expected size, only when known
     <root>/metadata.db             labels and update times (SQLite, WAL) - our addition
+    <root>/metadata.db.lock        held while that database is first set up
 
 The ingest directory itself is the per-ref lock: a writer holds `flock(LOCK_EX|LOCK_NB)` on
 it, so a second writer in any thread or process gets `Unavailable`, and a killed writer's
@@ -54,6 +55,7 @@ from rafs.content import (
 from rafs.content.filters import info_lookup, matcher, status_lookup
 from rafs.digest import Digest, Digester
 from rafs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from rafs.sqlitedb import Database
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +103,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_LABEL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS labels (digest TEXT NOT NULL, key TEXT NOT NULL, "
+    "value TEXT NOT NULL, PRIMARY KEY (digest, key))",
+    "CREATE TABLE IF NOT EXISTS updated (digest TEXT PRIMARY KEY, at_ns INTEGER NOT NULL)",
+)
+
+
 class _Labels:
     """Labels and update times in SQLite; one short connection per operation."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._ready = False
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            if not self._ready:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("CREATE TABLE IF NOT EXISTS labels (digest TEXT NOT NULL, key TEXT "
-                           "NOT NULL, value TEXT NOT NULL, PRIMARY KEY (digest, key))")  # fmt: skip
-                db.execute("CREATE TABLE IF NOT EXISTS updated (digest TEXT PRIMARY KEY, "
-                           "at_ns INTEGER NOT NULL)")  # fmt: skip
-                self._ready = True
-            yield db
-        finally:
-            db.close()
+        self._db = Database(path, _LABEL_SCHEMA)
+        self._connect = self._db.connect
 
     def get(self, digest: str) -> tuple[dict[str, str], int]:
         if not self.path.exists():
