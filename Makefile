@@ -21,7 +21,11 @@ LINT_PATHS := $(wildcard src tests bench)
 
 .PHONY: venv apt demo lint test fuzz
 
+# The editable install leaves the sources uncompiled: compile them as a wheel install would,
+# so a command does not compile every module it imports each time it starts (it would where
+# PYTHONDONTWRITEBYTECODE is set, as on the machines we build on). Up-to-date files are skipped.
 venv: $(VENV_STAMP) $(GEN_STAMP)
+	$(BIN)/python -m compileall -q src
 
 # Re-installs whenever pyproject.toml changes; regenerates stubs when a .proto changes.
 $(VENV_STAMP): pyproject.toml

@@ -73,7 +73,8 @@ def pack(src: IO[bytes], dest: BinaryIO, option: PackOption = PackOption(), *,
     """Read an OCI layer tar (plain, gzip or zstd) from `src`, write the Nydus layer to `dest`;
     returns the layer digest. Errors name the source as `name`."""
     options = _build_options(option)
-    return write_layer(open_tar_stream(src), HashingWriter(dest), options, name).digest
+    with open_tar_stream(src) as tar:
+        return write_layer(tar, HashingWriter(dest), options, name).digest
 
 
 def merge(

@@ -117,8 +117,9 @@ def tar_seeds() -> list[bytes]:
 def build_layer(source: bytes, **options: object) -> tuple[bytes, bytes]:
     """(layer, bootstrap as inlined) built from a tar by the project's own builder."""
     out = io.BytesIO()
-    result = write_layer(open_tar_stream(io.BytesIO(source)), HashingWriter(out),
-                         BuildOptions(chunk_size=CHUNK, **options), "seed")  # type: ignore[arg-type]  # fmt: skip
+    with open_tar_stream(io.BytesIO(source)) as tar:
+        result = write_layer(tar, HashingWriter(out), BuildOptions(chunk_size=CHUNK, **options),  # type: ignore[arg-type]
+                             "seed")  # fmt: skip
     return out.getvalue(), result.bootstrap
 
 
@@ -332,8 +333,9 @@ def v5_bootstrap(data: bytes) -> None:
 
 def tar_input(data: bytes) -> None:
     """A tar (plain, gzip or zstd) through `create`, the layer written to nowhere."""
-    write_layer(open_tar_stream(io.BytesIO(data)), HashingWriter(_Null()),  # type: ignore[arg-type]
-                BuildOptions(chunk_size=CHUNK), "fuzz.tar")  # fmt: skip
+    with open_tar_stream(io.BytesIO(data)) as tar:
+        write_layer(tar, HashingWriter(_Null()), BuildOptions(chunk_size=CHUNK),  # type: ignore[arg-type]
+                    "fuzz.tar")  # fmt: skip
 
 
 # -- the registry ----------------------------------------------------------------------------

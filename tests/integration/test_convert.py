@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from rafs.content.local import LocalStore
 from rafs.digest import Digest
 from rafs.oci import Descriptor, ImageConfig, Index, Manifest, OCILayout, Platform
 from rafs.oci import constants as mt
@@ -28,6 +29,7 @@ from tests.support import oci
 from tests.support.fault_proxy import Faults, start_fault_proxy
 from tests.support.kernel import mount_erofs
 from tests.support.registry import Registry, registry, skopeo
+from tests.support.tarballs import make_tar
 from tests.support.tree import compare, snapshot
 
 pytestmark = pytest.mark.kernel
@@ -222,6 +224,33 @@ def test_a_corrupt_layer_fails_cleanly(rafs: RafsRunner, tmp_path: Path) -> None
     assert result.returncode == 8 and len(lines) == 1, (result.returncode, lines)
     assert lines[0].startswith("rafs: ") and bad_digest(layers) in lines[0], lines
     assert not (target / "index.json").exists() or OCILayout.open(target).tags() == []
+
+
+def test_a_layer_whose_bytes_are_another_layers_is_refused_before_anything_is_stored(
+        rafs: RafsRunner, tmp_path: Path) -> None:  # fmt: skip
+    """Layers convert while they download, so the conversion reads bytes not yet verified: a
+    layer whose bytes are a valid tar but not the one its digest names converts fine - and
+    then the digest check fails, and nothing made from those bytes may be published."""
+    layout = OCILayout.create(tmp_path / "swapped")
+    named = gzip.compress(make_tar([("etc/motd", b"the layer its digest names\n", {})]), mtime=0)
+    served = gzip.compress(make_tar([("etc/motd", b"swapped\n", {})]), mtime=0)
+    layer = Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(named), len(named))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [str(Digest.of(gzip.decompress(named)))]}}).encode()
+    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
+    layout.put_manifest(Manifest(config_desc, (layer,)), "v1")
+    blob = layout.blob_path(layer.digest)
+    blob.chmod(0o644)
+    blob.write_bytes(served.ljust(len(named), b"\0"))  # same size: only the digest differs
+    store = tmp_path / "store"
+    result = rafs("convert", f"oci:{layout.root}:v1", f"oci:{tmp_path / 'out'}:v1",
+                  "--store", store, check=False)  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert result.returncode != 0 and len(lines) == 1, (result.returncode, lines)
+    assert str(layer.digest) in lines[0] and "digest" in lines[0], lines
+    stored = LocalStore(store)
+    assert [info.digest for info in stored.walk()] == []
+    assert [status.ref for status in stored.list_statuses() if "convert" in status.ref] == []
 
 
 def bad_digest(layers: tuple[Descriptor, ...]) -> str:

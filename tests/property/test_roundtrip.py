@@ -124,7 +124,8 @@ def _tar(entries: dict[str, File | Link | Dir], hardlinks: dict[str, str]) -> by
 def _build(tar: bytes, compressor: Compressor, digester: Digester = Digester.BLAKE3) -> bytes:
     out = io.BytesIO()
     options = BuildOptions(compressor=compressor, digester=digester, chunk_size=CHUNK)
-    write_layer(open_tar_stream(io.BytesIO(tar)), HashingWriter(out), options, "property")
+    with open_tar_stream(io.BytesIO(tar)) as stream:
+        write_layer(stream, HashingWriter(out), options, "property")
     return out.getvalue()
 
 

@@ -14,13 +14,11 @@ a file or symlink: it hides nothing, and keeping it would turn the file into a d
 from __future__ import annotations
 
 import stat
-import zlib
 from typing import IO
-
-import zstandard
 
 from rafs.builder.blob import BlobWriter, Readable
 from rafs.builder.overlay import OCI_WHITEOUT_PREFIX
+from rafs.builder.source import DECOMPRESSION_ERRORS
 from rafs.builder.tarstream import (
     BLOCKDEV,
     CHARDEV,
@@ -172,7 +170,7 @@ def tree_from_tar(stream: IO[bytes], blob: BlobWriter, source: str,
                 raise type(exc)(f"tar entry {entry.name!r}: {exc}") from None
     except RafsError as exc:
         raise type(exc)(f"{source}: {exc}") from None
-    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+    except DECOMPRESSION_ERRORS as exc:
         # gzip and zstd sources fail inside the tar reader's reads
         raise FormatError(f"{source}: truncated or corrupt input: {exc}") from None
     blob.flush()

@@ -83,8 +83,8 @@ def build_layer(source: Path, output: Path, options: BuildOptions,
         if source.is_dir():
             result = write_layer(source, out, options, str(source))
         else:
-            with source.open("rb") as raw:
-                result = write_layer(open_tar_stream(raw), out, options, str(source))
+            with source.open("rb") as raw, open_tar_stream(raw) as tar:
+                result = write_layer(tar, out, options, str(source))
         out.commit()
     if bootstrap_path is not None:
         own = {0: result.digest.split(":")[1]} if result.has_own_blob else {}

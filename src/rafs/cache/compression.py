@@ -20,15 +20,14 @@ import gzip
 import hashlib
 import secrets
 import tempfile
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import IO, BinaryIO, cast
 
 import zstandard
 
 from rafs.api import pack, unpack
-from rafs.builder.source import open_tar_stream
+from rafs.builder.source import DECOMPRESSION_ERRORS, open_tar_stream
 from rafs.content import Store, as_file, exists, open_writer
 from rafs.digest import Digest
 from rafs.errors import AlreadyExists, FormatError, InvalidArgument, RafsError
@@ -85,33 +84,58 @@ def is_usable(store: Store, desc: Descriptor, compression: Compression) -> bool:
 
 def convert_blob(store: Store, source: Descriptor, target: Compression) -> Descriptor:
     """Store `source`'s layer again with `target` compression; returns the new descriptor."""
-    from_compression = compression_of(source)
-    if from_compression is None:
+    _check_convertible(source)
+    with store.reader_at(source.digest) as reader:
+        return convert_stream(store, source, as_file(reader), target)
+
+
+def convert_stream(store: Store, source: Descriptor, blob: BinaryIO, target: Compression,
+                   before_commit: Callable[[], None] = lambda: None) -> Descriptor:  # fmt: skip
+    """`convert_blob` of the bytes of `source` read from `blob` (a stream, read once).
+
+    `before_commit` runs once the result is written and before it is published: a stream
+    that is still being verified (a download) makes it wait for the verdict and raise.
+    """
+    from_compression = _check_convertible(source)
+    ref = f"convert-from-{source.digest}-to-{target.value}-{secrets.token_hex(8)}"
+    try:
+        with open_writer(store, ref) as writer:
+            writer.truncate(0)
+            if target is Compression.NYDUS:  # from a tar: pack undoes its compression itself
+                pack(blob, cast(BinaryIO, writer), name=f"layer {source.digest}")
+                diff_id = writer.digest()
+                annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id,
+                               mt.NYDUS_BLOB_ANNOTATION: "true"}  # fmt: skip
+            else:
+                with _tar_of(blob, from_compression, source.digest) as tar:
+                    diff_id = _compress(tar, cast(BinaryIO, writer), target, source.digest)
+                annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id}
+            digest = writer.digest()
+            size = writer.status().offset
+            before_commit()
+            with contextlib.suppress(AlreadyExists):
+                writer.commit(size, digest, {mt.ANNOTATION_UNCOMPRESSED: diff_id})
+    except BaseException:
+        with contextlib.suppress(RafsError):  # the ref is this call's own: nobody resumes it
+            store.abort(ref)
+        raise
+    return Descriptor(media_type_for(target, source.media_type), digest, size, annotations)
+
+
+def _check_convertible(source: Descriptor) -> Compression:
+    compression = compression_of(source)
+    if compression is None:
         raise InvalidArgument(f"blob {source.digest}: media type {source.media_type!r} "
                               "is not a layer compression this cache converts")  # fmt: skip
-    ref = f"convert-from-{source.digest}-to-{target.value}-{secrets.token_hex(8)}"
-    with store.reader_at(source.digest) as reader, open_writer(store, ref) as writer:
-        writer.truncate(0)
-        if target is Compression.NYDUS:  # from a tar: pack undoes its compression itself
-            pack(as_file(reader), cast(BinaryIO, writer), name=f"layer {source.digest}")
-            diff_id = writer.digest()
-            annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id, mt.NYDUS_BLOB_ANNOTATION: "true"}
-        else:
-            with _tar_of(as_file(reader), from_compression, source.digest) as tar:
-                diff_id = _compress(tar, cast(BinaryIO, writer), target, source.digest)
-            annotations = {mt.ANNOTATION_UNCOMPRESSED: diff_id}
-        digest = writer.digest()
-        size = writer.status().offset
-        with contextlib.suppress(AlreadyExists):
-            writer.commit(size, digest, {mt.ANNOTATION_UNCOMPRESSED: diff_id})
-    return Descriptor(media_type_for(target, source.media_type), digest, size, annotations)
+    return compression
 
 
 @contextlib.contextmanager
 def _tar_of(blob: BinaryIO, compression: Compression, name: str) -> Iterator[IO[bytes]]:
     """The uncompressed tar stream of a layer blob (a Nydus layer is unpacked to a spool)."""
     if compression is not Compression.NYDUS:
-        yield open_tar_stream(blob)
+        with open_tar_stream(blob) as tar:
+            yield tar
         return
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
         try:
@@ -136,7 +160,7 @@ def _read(stream: IO[bytes], name: str) -> bytes:
     """The next block of a decompressing stream; corrupt input is a `FormatError`."""
     try:
         return stream.read(_BLOCK)
-    except (gzip.BadGzipFile, EOFError, zlib.error, zstandard.ZstdError) as exc:
+    except DECOMPRESSION_ERRORS as exc:
         raise FormatError(f"layer {name}: corrupt compressed data: {exc}") from None
 
 

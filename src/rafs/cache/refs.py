@@ -12,7 +12,9 @@ compressions are *variants* linked to it (`variants.py`) and made on demand:
   however many threads and processes ask at once: each takes `flock` on
   `locks/ensure-<ref>-<c>` (a fresh open file each time, so threads exclude each other too)
   and looks again before converting. Returns whether this call converted;
-- `get_blob_with_compression_with_retry(c)`: look, ensure, look again.
+- `get_blob_with_compression_with_retry(c)`: look, ensure, look again;
+- `adopt_variant(desc)`: link a variant converted before the ref existed (under the same
+  lock, and only if the ref has none of that compression yet).
 """
 
 from __future__ import annotations
@@ -151,6 +153,21 @@ class ImmutableRef:
             variant = convert_blob(self.manager.store, self.descriptor(), compression)
             link_variant(self.manager.store, self.record.blob, variant)
             return True
+
+    def adopt_variant(self, variant: Descriptor) -> Descriptor:
+        """Link `variant`, a stored blob converted from this ref's layer elsewhere (while it
+        downloaded), unless the ref has a blob of its compression by now; returns the one
+        the ref uses."""
+        compression = compression_of(variant)
+        if compression is None:
+            raise InvalidArgument(f"blob {variant.digest}: {variant.media_type!r} is not a "
+                                  "layer media type")  # fmt: skip
+        with self.manager._exclusive(f"ensure-{self.id}-{compression.value}"):
+            try:
+                return self.get_blob_with_compression(compression)
+            except NotFound:
+                link_variant(self.manager.store, self.record.blob, variant)
+                return variant
 
     def get_blob_with_compression_with_retry(self, compression: Compression) -> Descriptor:
         try:

@@ -221,11 +221,18 @@ class Store(Provider, Ingester, Manager, IngestManager, Protocol):
     """Everything a content store does."""
 
 
+class BlobTarget(Ingester, Protocol):
+    """What storing a blob needs: writers, and `info` to see whether it is already there."""
+
+    def info(self, target: str | HasDigest) -> Info: ...
+
+
 from rafs.content.helpers import as_file, exists, open_writer, read_blob, write_blob  # noqa: E402
 
 __all__ = [
     "EPOCH",
     "MAX_LABEL_SIZE",
+    "BlobTarget",
     "HasDigest",
     "Info",
     "IngestManager",

@@ -21,7 +21,7 @@ from rafs.digest import Digest
 from rafs.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
 if TYPE_CHECKING:
-    from rafs.content import HasDigest, Ingester, Manager, Provider, ReaderAt, Writer
+    from rafs.content import BlobTarget, HasDigest, Ingester, Manager, Provider, ReaderAt, Writer
 
 _BLOCK = 1 << 20
 
@@ -94,7 +94,7 @@ def read_blob(provider: Provider, target: str | HasDigest) -> bytes:
         return reader.read_at(0, reader.size)
 
 
-def exists(manager: Manager, target: str | HasDigest) -> bool:
+def exists(manager: BlobTarget | Manager, target: str | HasDigest) -> bool:
     try:
         manager.info(target)
     except NotFound:

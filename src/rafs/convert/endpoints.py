@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, Protocol, cast
 
-from rafs.content import Store, as_file, exists, open_writer, write_blob
+from rafs.content import BlobTarget, Store, as_file, exists, open_writer, write_blob
 from rafs.errors import InvalidArgument
 from rafs.oci import Descriptor, Index, Manifest, OCILayout, Reference
 from rafs.oci.constants import MAX_MANIFEST_SIZE
@@ -30,7 +30,7 @@ class ImageEndpoint(Protocol):
 
     def read_document(self, desc: Descriptor) -> bytes: ...
 
-    def fetch_into(self, desc: Descriptor, store: Store) -> None: ...
+    def fetch_into(self, desc: Descriptor, store: BlobTarget) -> None: ...
 
     def push_blob(self, desc: Descriptor, store: Store) -> None: ...
 
@@ -54,7 +54,7 @@ class LayoutEndpoint:
     def read_document(self, desc: Descriptor) -> bytes:
         return self.layout.read_blob(desc, MAX_MANIFEST_SIZE)
 
-    def fetch_into(self, desc: Descriptor, store: Store) -> None:
+    def fetch_into(self, desc: Descriptor, store: BlobTarget) -> None:
         if exists(store, desc.digest):
             return
         with self.layout.open_blob(desc) as source:
@@ -95,7 +95,7 @@ class RegistryEndpoint:
                                   f"is over {MAX_MANIFEST_SIZE}")  # fmt: skip
         return self.repository.get_blob(desc)
 
-    def fetch_into(self, desc: Descriptor, store: Store) -> None:
+    def fetch_into(self, desc: Descriptor, store: BlobTarget) -> None:
         if exists(store, desc.digest):
             return
         with open_writer(store, f"fetch-{desc.digest}", desc.size, desc.digest) as writer:

@@ -7,9 +7,13 @@ For each manifest (an index is converted entry by entry, filtered by platform):
    already are Nydus blobs are used as they are;
 3. `merge_nydus` the chain into the bootstrap layer;
 4. rewrite manifest and config (`manifest.py`), push blobs, config, then the manifest.
-The steps overlap: fetches run side by side (`IO_WORKERS`), a layer converts (`jobs` at
-once) as soon as it is in, and its result is pushed while other layers convert and merge.
-(Threads: a process pool measured no faster here, one large layer being the critical path.)
+The steps overlap. The `jobs` largest layers the store lacks convert while they download
+(`streaming.py`: the download is teed into the converter through a pipe; the result is
+committed only once the download's digest is verified, and linked to the layer's ref when
+the chain reaches it). The other layers download side by side (`IO_WORKERS`) and each
+converts as soon as it and its parent are in. Every result is pushed while the others
+convert and merge. (Threads: zstd, ISA-L inflate and the digests release the GIL; a process
+pool measured no faster.)
 A manifest that already ends in a bootstrap layer is copied unchanged.
 
 `reverse=True` goes the other way: each Nydus blob layer is unpacked to a gzip tar (again a
@@ -21,18 +25,23 @@ target, so a failure never leaves a manifest naming something missing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeVar
 
 from rafs.cache import CacheManager, Compression, ImmutableRef, merge_nydus
+from rafs.cache.compression import convert_stream
 from rafs.cache.image import check_layers, layer_ref
-from rafs.content import write_blob
+from rafs.content import exists, write_blob
+from rafs.content.tee import Sink, TeeIngester
 from rafs.convert.endpoints import ImageEndpoint
 from rafs.convert.manifest import is_nydus, nydus_image, oci_image
+from rafs.convert.streaming import NotStreamed, StreamedFetch
 from rafs.digest import Digest
 from rafs.errors import InvalidArgument, NotFound
 from rafs.oci import Descriptor, ImageConfig, Index, Manifest, Platform, parse_manifest
@@ -160,15 +169,32 @@ class _Conversion:
         check_layers(layers, diff_ids, what)
         self.progress("layers", len(layers))
         wanted = Compression.GZIP if self.options.reverse else Compression.NYDUS
-        # A pipeline: fetches run side by side; each layer converts as soon as it and its
-        # parent are in, and its result is pushed while the others convert and merge.
         pushes: list[Future[None]] = []
-        fetches = [self.io.submit(self.source.fetch_into, layer, self.store) for layer in layers]
+        streamed = {} if self.options.reverse else self._start_streams(layers, pushes)
+        fetches = [streamed[i][0] if i in streamed
+                   else self.io.submit(self.source.fetch_into, layer, self.store)
+                   for i, layer in enumerate(layers)]  # fmt: skip
         conversions, top = [], None
-        for layer, diff_id, fetch in zip(layers, diff_ids, fetches, strict=True):
-            fetch.result()
-            top = layer_ref(self.cache, layer, diff_id, top)
-            conversions.append(self.cpu.submit(self._variant, top, wanted, pushes))
+        try:
+            for i, (layer, diff_id, fetch) in enumerate(zip(layers, diff_ids, fetches,
+                                                            strict=True)):  # fmt: skip
+                try:
+                    fetch.result()
+                except BaseException:
+                    if i in streamed:  # its conversion knows best why (it may have ended it)
+                        streamed[i][1].cancel()
+                        with contextlib.suppress(CancelledError):
+                            streamed[i][2].result()
+                    raise
+                top = layer_ref(self.cache, layer, diff_id, top)
+                if i in streamed:
+                    streamed[i][1].set_result(top)
+                    conversions.append(streamed[i][2])
+                else:
+                    conversions.append(self.cpu.submit(self._variant, top, wanted, pushes))
+        finally:
+            for _, ref, _ in streamed.values():
+                ref.cancel()  # a stream waiting for a ref that will never come gives up
         assert top is not None
         new_layers = [conversion.result() for conversion in conversions]
         if self.options.reverse:
@@ -196,6 +222,53 @@ class _Conversion:
         if ref.ensure_compression(compression):
             self.summary.converted += 1
         desc = ref.get_blob_with_compression(compression)
+        pushes.append(self.io.submit(self.target.push_blob, desc, self.store))
+        self.progress("layer", 1)
+        return desc
+
+    def _start_streams(self, layers: list[Descriptor], pushes: list[Future[None]]
+                       ) -> dict[int, tuple[Future[None], Future[ImmutableRef],
+                                            Future[Descriptor]]]:  # fmt: skip
+        """Start converting the `jobs` largest layers the store lacks as they download.
+
+        For each: (its fetch, the ref the chain will give it, its conversion).
+        """
+        cold = [i for i, layer in enumerate(layers) if not exists(self.store, layer.digest)]
+        cold.sort(key=lambda i: layers[i].size, reverse=True)
+        started = {}
+        for i in cold[: self.options.jobs]:
+            layer = layers[i]
+            fetch = StreamedFetch(partial(self._fetch_teed, layer), str(layer.digest), layer.size)
+            ref: Future[ImmutableRef] = Future()
+            conversion = self.cpu.submit(self._streamed_variant, layer, fetch, ref, pushes)
+            started[i] = (fetch.fetched, ref, conversion)
+        return started
+
+    def _fetch_teed(self, layer: Descriptor, sink: Sink) -> None:
+        self.source.fetch_into(layer, TeeIngester(self.store, sink))
+
+    def _streamed_variant(self, layer: Descriptor, fetch: StreamedFetch,
+                          ref: Future[ImmutableRef], pushes: list[Future[None]]) -> Descriptor:
+        """Convert `layer` to Nydus from its download, then link the result to its ref and
+        start its push. Falls back to converting from the store when another process
+        downloaded the layer meanwhile (nothing reached the stream)."""
+        try:
+            made = convert_stream(self.store, layer, fetch.stream, Compression.NYDUS,
+                                  before_commit=fetch.wait)  # fmt: skip
+        except NotStreamed:
+            made = None
+        except BaseException:
+            error = fetch.cancel()
+            if error is not None:
+                raise error from None  # the download failed: that is the cause
+            if fetch.passed == 0:
+                made = None
+            else:
+                raise
+        if made is None:
+            return self._variant(ref.result(), Compression.NYDUS, pushes)
+        desc = ref.result().adopt_variant(made)
+        self.summary.converted += 1
         pushes.append(self.io.submit(self.target.push_blob, desc, self.store))
         self.progress("layer", 1)
         return desc
