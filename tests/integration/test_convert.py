@@ -253,5 +253,26 @@ def test_a_layer_whose_bytes_are_another_layers_is_refused_before_anything_is_st
     assert [status.ref for status in stored.list_statuses() if "convert" in status.ref] == []
 
 
+def test_an_image_naming_one_layer_twice_converts(rafs: RafsRunner, tmp_path: Path) -> None:
+    """Docker images repeat identical (often empty) layers: the blob is fetched and converted
+    once, and the Nydus image names its Nydus blob twice, as the source did."""
+    layout = OCILayout.create(tmp_path / "twice")
+    blob = gzip.compress(make_tar([("etc/motd", b"twice\n", {})]), mtime=0)
+    layer = Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(blob), len(blob))
+    diff_id = str(Digest.of(gzip.decompress(blob)))
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id] * 2}}).encode()
+    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
+    layout.put_manifest(Manifest(config_desc, (layer, layer)), "v1")
+    out = tmp_path / "out"
+    rafs("convert", f"oci:{layout.root}:v1", f"oci:{out}:v1", "--store", tmp_path / "store")
+    converted = OCILayout.open(out)
+    manifest = Manifest.from_bytes(converted.read_blob(converted.resolve("v1")))
+    blobs = manifest.layers[:-1]
+    assert [layer.media_type for layer in blobs] == [mt.NYDUS_BLOB] * 2
+    assert blobs[0].digest == blobs[1].digest
+    assert rafs("cat", f"oci:{out}:v1", "/etc/motd").stdout == b"twice\n"
+
+
 def bad_digest(layers: tuple[Descriptor, ...]) -> str:
     return str(layers[1].digest)

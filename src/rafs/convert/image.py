@@ -233,8 +233,9 @@ class _Conversion:
 
         For each: (its fetch, the ref the chain will give it, its conversion).
         """
-        cold = [i for i, layer in enumerate(layers) if not exists(self.store, layer.digest)]
-        cold.sort(key=lambda i: layers[i].size, reverse=True)
+        first = {layer.digest: i for i, layer in reversed(list(enumerate(layers)))}
+        cold = [i for i in first.values() if not exists(self.store, layers[i].digest)]
+        cold.sort(key=lambda i: layers[i].size, reverse=True)  # one stream per blob
         started = {}
         for i in cold[: self.options.jobs]:
             layer = layers[i]
