@@ -34,7 +34,8 @@ from rafs.oci.jsonfields import canonical_json, load_object
 from rafs.oci.manifest import History, ImageConfig, Index, Manifest, parse_manifest
 from rafs.oci.nydus_image import choose_manifest, nydus_manifest, parse_platform
 from rafs.oci.reference import parse_reference
-from rafs.registry.auth import Authenticator, Challenge, Credentials, parse_challenges
+from rafs.registry.auth import Authenticator, Challenge, parse_challenges
+from rafs.registry.credentials import Credentials
 
 
 class Broken(Exception):

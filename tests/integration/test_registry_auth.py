@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +69,54 @@ def test_docker_config_lookup(tmp_path: Path) -> None:
     hub.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {
         "username": "u", "password": "p"}}}))  # fmt: skip
     assert load_docker_credentials(hub, "registry-1.docker.io") == Credentials("u", "p")
+
+
+def _credential_helper(bin_dir: Path, name: str, answers: dict[str, dict[str, str]]) -> None:
+    """`docker-credential-NAME` in `bin_dir`: `get` answers each server's JSON, else says
+    "credentials not found" as docker-credential-helpers do."""
+    cases = "".join(f"  {json.dumps(server)}) printf '%s' {shlex.quote(json.dumps(reply))};;\n"
+                    for server, reply in answers.items())  # fmt: skip
+    helper = bin_dir / f"docker-credential-{name}"
+    helper.write_text(f"""#!/bin/sh
+[ "$1" = get ] || exit 2
+server=$(cat)
+case "$server" in
+{cases}  *) echo "credentials not found in native keychain"; exit 1;;
+esac
+""")
+    helper.chmod(0o755)
+
+
+def test_credential_helpers(basic_registry: Registry, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`credHelpers` (per host) before `credsStore` (every host) before `auths`, as the Docker
+    CLI: the helper's answer is final; its credentials then open the real registry."""
+    host = basic_registry.host
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _credential_helper(bin_dir, "store", {host: {"Username": "alice", "Secret": USERS["alice"]},
+                                          "https://index.docker.io/v1/": {
+                                              "Username": "<token>", "Secret": "refresh"}})
+    _credential_helper(bin_dir, "other", {host: {"Username": "bob", "Secret": "other"}})
+    config = tmp_path / "config.json"
+    in_file = {"auths": {host: {"username": "carol", "password": "in the file"}}}
+
+    def lookup(settings: dict[str, object], for_host: str = host) -> Credentials | None:
+        config.write_text(json.dumps({**in_file, **settings}))
+        return load_docker_credentials(config, for_host)
+
+    assert lookup({}) == Credentials("carol", "in the file")
+    credentials = lookup({"credsStore": "store"})
+    assert credentials == Credentials("alice", USERS["alice"])
+    assert lookup({"credsStore": "store", "credHelpers": {host: "other"}}) == Credentials(
+        "bob", "other")  # fmt: skip
+    assert lookup({"credsStore": "store"}, "elsewhere:5000") is None  # "not found": final
+    assert lookup({"credsStore": "store"}, "docker.io") is None  # an identity token
+    with pytest.raises(FailedPrecondition, match="docker-credential-absent is not on PATH"):
+        lookup({"credHelpers": {f"https://{host}": "absent"}})
+    with RegistryClient(host, plain_http=True, credentials=credentials) as client:
+        _round_trip(client, "rafs/helper")
 
 
 def test_basic_auth(basic_registry: Registry, tmp_path: Path) -> None:

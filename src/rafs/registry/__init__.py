@@ -5,8 +5,8 @@
 operations. Everything is synchronous; one client may be shared between threads.
 """
 
-from rafs.registry.auth import Credentials, docker_config_path, load_docker_credentials
 from rafs.registry.client import RegistryClient
+from rafs.registry.credentials import Credentials, docker_config_path, load_docker_credentials
 from rafs.registry.repository import MAX_MANIFEST_SIZE, Repository
 from rafs.registry.retry import RetryPolicy
 

@@ -8,10 +8,7 @@ A registry that wants credentials answers 401 with `WWW-Authenticate`:
   `token` (or `access_token`) and `expires_in` (seconds, default 60). Then send
   `Authorization: Bearer TOKEN`. Tokens are cached per set of scopes until they expire.
 
-Credentials come from a Docker config file (`~/.docker/config.json`, or `$DOCKER_CONFIG/
-config.json`): `{"auths": {"HOST[:PORT]": {"auth": base64("user:password")}}}`. Keys may be
-URLs (`https://index.docker.io/v1/` for Docker Hub); only their host part is compared.
-Credential helpers (`credsStore`, `credHelpers`) and identity tokens are not supported.
+Credentials come from the Docker config (`credentials.py`).
 
 Credentials are sent to the registry's own origin and to the token realm only; a realm over
 plain HTTP gets them only when the client was told to use plain HTTP.
@@ -19,27 +16,23 @@ plain HTTP gets them only when the client was told to use plain HTTP.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
 from rafs.errors import FailedPrecondition, FormatError, Unsupported
+from rafs.registry.credentials import Credentials
 
 _PARAM = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*,?')
 # A scheme ends at whitespace, a comma (a challenge without parameters) or the end; one
 # character class before it, so runs of blanks and empty list elements cost linear time.
 _SCHEME = re.compile(r"[\s,]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s+|(?=,)|$)")
 DEFAULT_TOKEN_LIFETIME = 60.0
-_DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
-
-
 @dataclass(frozen=True)
 class Challenge:
     """One `WWW-Authenticate` challenge: the scheme (lowercase) and its parameters."""
@@ -66,60 +59,6 @@ def parse_challenges(header: str) -> list[Challenge]:
             pos = param.end()
         challenges.append(Challenge(scheme.group(1).lower(), params))
     return challenges
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-    def basic(self) -> str:
-        pair = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(pair).decode()
-
-
-def docker_config_path(environ: Mapping[str, str], home: Path) -> Path:
-    """Where Docker keeps its config: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`."""
-    base = environ.get("DOCKER_CONFIG")
-    return Path(base) / "config.json" if base else home / ".docker" / "config.json"
-
-
-def load_docker_credentials(path: Path, host: str) -> Credentials | None:
-    """The credentials the Docker config at `path` holds for `host` (None if none or no file)."""
-    try:
-        config = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{path}: cannot read Docker config ({exc})") from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    wanted = {host} | (set(_DOCKER_HUB_KEYS) if host in _DOCKER_HUB_KEYS else set())
-    for key, entry in auths.items():
-        if _key_host(key) in wanted and isinstance(entry, dict):
-            return _entry_credentials(entry, path, key)
-    return None
-
-
-def _key_host(key: str) -> str:
-    return re.sub(r"^[a-z]+://", "", key).split("/", 1)[0]
-
-
-def _entry_credentials(entry: Mapping[str, object], path: Path, key: str) -> Credentials | None:
-    encoded = entry.get("auth")
-    if isinstance(encoded, str) and encoded:
-        try:
-            user, colon, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except ValueError:
-            raise FormatError(f"{path}: auths[{key!r}].auth is not base64 user:password") from None
-        if not colon:
-            raise FormatError(f"{path}: auths[{key!r}].auth has no ':' between user and password")
-        return Credentials(user, password)
-    name, secret = entry.get("username"), entry.get("password")
-    if isinstance(name, str) and isinstance(secret, str) and name:
-        return Credentials(name, secret)
-    return None
 
 
 TokenFetch = Callable[[httpx.URL, dict[str, str]], httpx.Response]

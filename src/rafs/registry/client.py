@@ -30,7 +30,8 @@ from rafs.errors import (
     Unavailable,
     Unsupported,
 )
-from rafs.registry.auth import Authenticator, Credentials
+from rafs.registry.auth import Authenticator
+from rafs.registry.credentials import Credentials
 from rafs.registry.retry import RETRY_STATUS, RetryPolicy
 
 if TYPE_CHECKING:
