@@ -21,6 +21,7 @@ import pytest
 from rafs.content.local import LocalStore
 from tests.conformance.test_merge_umoci import TAG, UmociImage, _tools, umoci_image
 from tests.conftest import RafsRunner
+from tests.support.containerd import Containerd, containerd  # noqa: F401  (fixture)
 from tests.support.kernel import mount_erofs
 from tests.support.tree import compare, snapshot
 
@@ -74,6 +75,43 @@ def test_merge_nydus_mounts_as_umoci_unpacks(
 
     listed = rafs("cache", "ls", "--store", store_dir).stdout.decode().splitlines()
     assert len(listed) == len(umoci_image.tars) and any(line.startswith(top) for line in listed)
+
+
+def test_merge_nydus_on_containerd(
+    umoci_image: UmociImage, containerd: Containerd, rafs: RafsRunner, tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The same on a real containerd's content store (BuildKit's own setting): the layers,
+    their Nydus variants and the bootstrap layer all live in containerd; the ref records in
+    $XDG_CACHE_HOME/rafs/containerd/."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    where = ("--containerd", containerd.socket, "--namespace", "rafs-merge-nydus")
+    imported = rafs("cache", "import", f"oci:{umoci_image.layout}:{TAG}", *where)
+    top = imported.stdout.decode().splitlines()[-1]
+    first = json.loads(rafs("cache", "merge-nydus", top, *where).stdout)
+    assert json.loads(rafs("cache", "merge-nydus", top, *where).stdout) == first
+    assert first["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
+    assert (tmp_path / "cache-home" / "rafs" / "containerd").is_dir()
+
+    # Everything the image needs comes out of containerd: the bootstrap layer and the
+    # Nydus blobs beside it, named by digest.
+    listed = rafs("content", *where, "ls",
+                  f'labels."buildkit.io/blob/mediatype"=={NYDUS_BLOB}').stdout.decode()
+    nydus = [line.split("\t")[0] for line in listed.splitlines()]
+    assert len(nydus) == len(umoci_image.tars)
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for digest in [first["digest"], *nydus]:
+        data = rafs("content", *where, "get", digest).stdout
+        (blobs / digest.removeprefix("sha256:")).write_bytes(data)
+    image = tmp_path / "merged.img"
+    rafs("export", "--block", blobs / first["digest"].removeprefix("sha256:"), "-o", image)
+    with mount_erofs(image, tmp_path / "mnt") as mnt:
+        actual = snapshot(mnt)
+    problems = compare(snapshot(umoci_image.references[-1]), actual, ignore_root_mtime=True)
+    assert problems == [], f"{len(problems)} differences:\n" + "\n".join(problems[:80])
+    refs = rafs("cache", "ls", *where).stdout.decode().splitlines()
+    assert len(refs) == len(umoci_image.tars) and any(line.startswith(top) for line in refs)
 
 
 def test_cache_cli_errors_are_one_line(rafs: RafsRunner, tmp_path: Path) -> None:

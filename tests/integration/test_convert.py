@@ -26,6 +26,7 @@ from rafs.oci import constants as mt
 from tests.conformance.test_merge_umoci import TAG, UmociImage, _tools, umoci_image
 from tests.conftest import RafsRunner
 from tests.support import oci
+from tests.support.containerd import Containerd, containerd  # noqa: F401  (fixture)
 from tests.support.fault_proxy import Faults, start_fault_proxy
 from tests.support.kernel import mount_erofs
 from tests.support.registry import Registry, registry, skopeo
@@ -207,16 +208,8 @@ def skopeo_or_none(registry: Registry, name: str, into: Path, tmp: Path) -> Mani
 def test_a_corrupt_layer_fails_cleanly(rafs: RafsRunner, tmp_path: Path) -> None:
     """A layer whose bytes match its digest but are no tar at all: one clear line (raised in
     a conversion worker process), and no image written to the target."""
-    layout = OCILayout.create(tmp_path / "bad")
-    good = gzip.compress(b"\0" * 1024, mtime=0)  # an empty tar: two zero blocks
-    bad = gzip.compress(b"this is not a tar archive" * 50, mtime=0)
-    layers = tuple(Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(blob), len(blob))
-                   for blob in (good, bad))  # fmt: skip
-    diff_ids = [str(Digest.of(gzip.decompress(blob))) for blob in (good, bad)]
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
-    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
-    layout.put_manifest(Manifest(config_desc, layers), "v1")
+    empty_tar = b"\0" * 1024  # two zero blocks
+    layout, layers = _gzip_image(tmp_path / "bad", [empty_tar, b"this is not a tar archive" * 50])
     target = tmp_path / "out"
     result = rafs("convert", f"oci:{layout.root}:v1", f"oci:{target}:v1",
                   "--store", tmp_path / "store", check=False)  # fmt: skip
@@ -231,17 +224,12 @@ def test_a_layer_whose_bytes_are_another_layers_is_refused_before_anything_is_st
     """Layers convert while they download, so the conversion reads bytes not yet verified: a
     layer whose bytes are a valid tar but not the one its digest names converts fine - and
     then the digest check fails, and nothing made from those bytes may be published."""
-    layout = OCILayout.create(tmp_path / "swapped")
-    named = gzip.compress(make_tar([("etc/motd", b"the layer its digest names\n", {})]), mtime=0)
+    named = make_tar([("etc/motd", b"the layer its digest names\n", {})])
+    layout, (layer,) = _gzip_image(tmp_path / "swapped", [named])
     served = gzip.compress(make_tar([("etc/motd", b"swapped\n", {})]), mtime=0)
-    layer = Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(named), len(named))
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-        "type": "layers", "diff_ids": [str(Digest.of(gzip.decompress(named)))]}}).encode()
-    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
-    layout.put_manifest(Manifest(config_desc, (layer,)), "v1")
     blob = layout.blob_path(layer.digest)
     blob.chmod(0o644)
-    blob.write_bytes(served.ljust(len(named), b"\0"))  # same size: only the digest differs
+    blob.write_bytes(served.ljust(layer.size, b"\0"))  # same size: only the digest differs
     store = tmp_path / "store"
     result = rafs("convert", f"oci:{layout.root}:v1", f"oci:{tmp_path / 'out'}:v1",
                   "--store", store, check=False)  # fmt: skip
@@ -256,14 +244,7 @@ def test_a_layer_whose_bytes_are_another_layers_is_refused_before_anything_is_st
 def test_an_image_naming_one_layer_twice_converts(rafs: RafsRunner, tmp_path: Path) -> None:
     """Docker images repeat identical (often empty) layers: the blob is fetched and converted
     once, and the Nydus image names its Nydus blob twice, as the source did."""
-    layout = OCILayout.create(tmp_path / "twice")
-    blob = gzip.compress(make_tar([("etc/motd", b"twice\n", {})]), mtime=0)
-    layer = Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(blob), len(blob))
-    diff_id = str(Digest.of(gzip.decompress(blob)))
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [diff_id] * 2}}).encode()
-    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
-    layout.put_manifest(Manifest(config_desc, (layer, layer)), "v1")
+    layout, _ = _gzip_image(tmp_path / "twice", [make_tar([("etc/motd", b"twice\n", {})])] * 2)
     out = tmp_path / "out"
     rafs("convert", f"oci:{layout.root}:v1", f"oci:{out}:v1", "--store", tmp_path / "store")
     converted = OCILayout.open(out)
@@ -272,6 +253,38 @@ def test_an_image_naming_one_layer_twice_converts(rafs: RafsRunner, tmp_path: Pa
     assert [layer.media_type for layer in blobs] == [mt.NYDUS_BLOB] * 2
     assert blobs[0].digest == blobs[1].digest
     assert rafs("cat", f"oci:{out}:v1", "/etc/motd").stdout == b"twice\n"
+
+
+def test_convert_works_in_a_containerd_content_store(
+    containerd: Containerd, rafs: RafsRunner, tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`--containerd`: the layers are fetched into containerd and converted there (each while
+    it downloads), and a second run finds the conversions there and converts nothing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    tars = [make_tar([(f"etc/layer{n}", b"%d\n" % n, {})]) for n in range(3)]
+    layout, _ = _gzip_image(tmp_path / "src", tars)
+    where = ("--containerd", containerd.socket, "--namespace", "rafs-convert")
+    first = rafs("convert", f"oci:{layout.root}:v1", f"oci:{tmp_path / 'a'}:v1", *where)
+    assert "(3 converted now)" in first.stdout.decode(), first.stdout
+    again = rafs("convert", f"oci:{layout.root}:v1", f"oci:{tmp_path / 'b'}:v1", *where)
+    assert "(0 converted now)" in again.stdout.decode(), again.stdout
+    for n in range(3):
+        assert rafs("cat", f"oci:{tmp_path / 'b'}:v1", f"/etc/layer{n}").stdout == b"%d\n" % n
+
+
+def _gzip_image(root: Path, tars: list[bytes]) -> tuple[OCILayout, tuple[Descriptor, ...]]:
+    """An OCI layout at `root` whose image `v1` has these tars as gzip layers (the same tar
+    twice is the same layer twice); returns it and the layers."""
+    layout = OCILayout.create(root)
+    blobs = [gzip.compress(tar, mtime=0) for tar in tars]
+    layers = tuple(Descriptor(mt.OCI_LAYER_GZIP, layout.write_blob(blob), len(blob))
+                   for blob in blobs)  # fmt: skip
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [str(Digest.of(tar)) for tar in tars]}}).encode()
+    config_desc = Descriptor(mt.OCI_CONFIG, layout.write_blob(config), len(config))
+    layout.put_manifest(Manifest(config_desc, layers), "v1")
+    return layout, layers
 
 
 def bad_digest(layers: tuple[Descriptor, ...]) -> str:

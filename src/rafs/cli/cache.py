@@ -7,8 +7,10 @@
                                               merges them; prints the bootstrap layer's
                                               descriptor as JSON
 
-The cache keeps its records in DIR/cache/ beside the content store's own files. The Nydus
-layer blobs merge-nydus uses are in the store, named by digest, so the bootstrap with
+`--containerd SOCKET [--namespace NS]` instead of `--store DIR` works in a running
+containerd's content store (`cli/stores.py` says where the ref records then go). The cache
+keeps its records in DIR/cache/ beside the content store's own files. The Nydus layer blobs
+merge-nydus uses are in the store, named by digest, so the bootstrap with
 `--blob-dir DIR/blobs/sha256` is a complete image.
 """
 
@@ -16,11 +18,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from rafs.cache import CacheManager, merge_nydus
-from rafs.content.local import LocalStore
+from rafs.cache import merge_nydus
+from rafs.cli.stores import add_store_arguments, open_cache
 from rafs.convert import import_image, open_endpoint
 from rafs.errors import InvalidArgument
 from rafs.oci import parse_reference
@@ -42,19 +43,14 @@ def register(commands: Any) -> None:
     merge.add_argument("ref", metavar="REF", help="ref id (from import or ls)")
     merge.set_defaults(run=run_merge_nydus)
     for command in (imports, ls, merge):
-        command.add_argument("--store", type=Path, metavar="DIR", required=True,
-                             help="content store root")  # fmt: skip
-
-
-def _cache(store_dir: Path, create: bool) -> CacheManager:
-    return CacheManager(LocalStore(store_dir, create=create), store_dir / "cache")
+        add_store_arguments(command, required=True, store_help="content store root")
 
 
 def run_import(args: Any) -> int:
     reference = parse_reference(args.image)
     if reference.transport != "oci" or reference.path is None:
         raise InvalidArgument(f"{args.image}: cache import reads oci:PATH[:TAG] layouts")
-    cache = _cache(args.store, create=True)
+    cache = open_cache(args, create=True)
     source = open_endpoint(reference)
     try:
         top = import_image(source, cache)
@@ -68,7 +64,7 @@ def run_import(args: Any) -> int:
 
 
 def run_ls(args: Any) -> int:
-    for ref in _cache(args.store, create=False).refs():
+    for ref in open_cache(args).refs():
         record = ref.record
         print(f"{record.id} parent={record.parent or '-'} chain={record.chain_id} "
               f"blob={record.blob} {record.media_type}")  # fmt: skip
@@ -76,6 +72,6 @@ def run_ls(args: Any) -> int:
 
 
 def run_merge_nydus(args: Any) -> int:
-    desc = merge_nydus(_cache(args.store, create=False).get(args.ref))
+    desc = merge_nydus(open_cache(args).get(args.ref))
     print(json.dumps(desc.to_json(), indent=2))
     return 0

@@ -23,11 +23,10 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, BinaryIO
 
+from rafs.cli.stores import add_store_arguments, open_store
 from rafs.content import Info, Store, open_writer
-from rafs.content.local import LocalStore
 from rafs.errors import AlreadyExists, InvalidArgument
 
 _BLOCK = 1 << 20
@@ -39,13 +38,8 @@ def register(commands: Any) -> None:
         description="Inspect and edit a containerd-layout content store "
         "(DIR/blobs/sha256/HEX, DIR/ingest/...).",
     )  # fmt: skip
-    where = content.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", type=Path, metavar="DIR",
-                       help="content store root (created by ingest)")  # fmt: skip
-    where.add_argument("--containerd", type=Path, metavar="SOCKET",
-                       help="a running containerd's gRPC socket")  # fmt: skip
-    content.add_argument("--namespace", default="default",
-                         help="containerd namespace (default: default)")  # fmt: skip
+    add_store_arguments(content, required=True, store_help="content store root (created by "
+                        "ingest)")  # fmt: skip
     sub = content.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
     ls = sub.add_parser("ls", help="list blobs: digest, size, labels")
     ls.add_argument("filters", nargs="*", metavar="FILTER",
@@ -84,11 +78,7 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
 
 
 def _open(args: argparse.Namespace, create: bool = False) -> Store:
-    if args.containerd is not None:
-        from rafs.content.containerd import ContainerdStore  # grpc loads only when asked
-
-        return ContainerdStore(args.containerd, args.namespace)
-    return LocalStore(args.store, create=create)
+    return open_store(args, create=create)
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:

@@ -1,7 +1,8 @@
 """`rafs convert SRC DST`: an OCI image to a Nydus image (or back with `--reverse`).
 
 SRC and DST are `oci:PATH[:TAG]` or `docker://HOST[:PORT]/REPO[:TAG]`. Work happens in a
-content store (`--store`, by default ~/.cache/rafs/store, or $XDG_CACHE_HOME/rafs/store):
+content store (`--store`, by default ~/.cache/rafs/store, or $XDG_CACHE_HOME/rafs/store, or
+a running containerd's with `--containerd SOCKET [--namespace NS]`):
 layers are fetched into it and their converted variants kept there, so converting the same
 image again only pushes. Progress bars go to stderr when it is a terminal; the summary line
 is printed at the end.
@@ -13,12 +14,10 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from rafs.cache import CacheManager
 from rafs.cli.images import registry_credentials
-from rafs.content.local import LocalStore
+from rafs.cli.stores import add_store_arguments, cache_home, open_cache
 from rafs.convert import ConvertOptions, ConvertSummary, convert_image, open_endpoint
 from rafs.convert.image import Progress
 from rafs.oci import parse_reference
@@ -41,22 +40,16 @@ def register(commands: Any) -> None:
                         help="set the new manifest's subject to the source manifest")  # fmt: skip
     parser.add_argument("--plain-http", action="store_true",
                         help="talk HTTP, not HTTPS, to the registries (loopback ones)")  # fmt: skip
-    parser.add_argument("--store", type=Path, metavar="DIR", default=None,
-                        help="work content store (default: ~/.cache/rafs/store)")  # fmt: skip
+    add_store_arguments(parser, required=False,
+                        store_help="work content store (default: ~/.cache/rafs/store)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, metavar="N",
                         help="layers fetched and converted at once")  # fmt: skip
     parser.set_defaults(run=run)
 
 
-def default_store() -> Path:
-    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home) / "rafs" / "store"
-
-
 def run(args: Any) -> int:
     source_ref, target_ref = parse_reference(args.source), parse_reference(args.target)
-    store_dir = args.store or default_store()
-    cache = CacheManager(LocalStore(store_dir), store_dir / "cache")
+    cache = open_cache(args, create=True, default=cache_home() / "store")
     options = ConvertOptions(tuple(args.platform), args.reverse, args.with_referrer,
                              max(1, args.jobs))  # fmt: skip
     source = open_endpoint(source_ref, plain_http=args.plain_http,
