@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from rafs.cli.stores import add_store_arguments, open_store
-from rafs.content import Info, Store, open_writer
+from rafs.content import Info, open_writer
 from rafs.errors import AlreadyExists, InvalidArgument
 
 _BLOCK = 1 << 20
@@ -77,10 +77,6 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
-def _open(args: argparse.Namespace, create: bool = False) -> Store:
-    return open_store(args, create=create)
-
-
 def _labels_text(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
@@ -96,13 +92,13 @@ def info_json(info: Info) -> dict[str, Any]:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    for info in _open(args).walk(*args.filters):
+    for info in open_store(args).walk(*args.filters):
         print(f"{info.digest}\t{info.size}\t{_labels_text(info.labels)}")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    info = _open(args).info(args.digest)
+    info = open_store(args).info(args.digest)
     if args.json:
         print(json.dumps(info_json(info), indent=2))
     else:
@@ -114,7 +110,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_get(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
-    with _open(args).reader_at(args.digest) as reader:
+    with open_store(args).reader_at(args.digest) as reader:
         for offset in range(0, reader.size, _BLOCK):
             out.write(reader.read_at(offset, _BLOCK))
     out.flush()
@@ -123,7 +119,7 @@ def run_get(args: argparse.Namespace) -> int:
 
 def run_ingest(args: argparse.Namespace) -> int:
     labels = parse_labels(args.label)
-    store = _open(args, create=True)
+    store = open_store(args, create=True)
     name = "-" if args.file == "-" else os.path.abspath(args.file)
     ref = args.ref or f"rafs-ingest-{hashlib.sha256(name.encode()).hexdigest()}"
     source = open(args.file, "rb") if args.file != "-" else _stdin()  # noqa: SIM115
@@ -147,14 +143,14 @@ def _stdin() -> BinaryIO:
 
 def run_label(args: argparse.Namespace) -> int:
     labels = parse_labels(args.labels)
-    store = _open(args)
+    store = open_store(args)
     info = store.update(Info(args.digest, labels=labels), *(f"labels.{k}" for k in labels))
     print(_labels_text(info.labels))
     return 0
 
 
 def run_rm(args: argparse.Namespace) -> int:
-    store = _open(args)
+    store = open_store(args)
     for digest in args.digests:
         store.delete(digest)
     return 0
