@@ -8,6 +8,8 @@ import os
 import threading
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from rafs.content import write_blob
 from rafs.content.memory import MemoryStore
@@ -83,3 +85,33 @@ def test_a_blob_stored_by_someone_else_is_not_streamed() -> None:
     assert streamed.stream.read() == b""
     with pytest.raises(NotStreamed):
         streamed.wait()
+
+
+@settings(max_examples=300, deadline=None)
+@given(blob=st.binary(min_size=1, max_size=4000),
+       events=st.lists(st.tuples(st.sampled_from(["drop", "restart"]), st.floats(0, 1)),
+                       max_size=6),
+       pieces=st.integers(1, 12))  # fmt: skip
+@example(blob=bytes(range(200)) * 5, events=[("restart", 0.5)], pieces=10)
+def test_tee_gives_the_blob_once_whatever_the_download_does(
+    blob: bytes, events: list[tuple[str, float]], pieces: int
+) -> None:
+    """A download that drops (and resumes where the writer stands) or restarts from 0 (a
+    server ignoring Range) at random points: the sink gets exactly the blob, once."""
+    store, passed = MemoryStore(), bytearray()
+    piece = -(-len(blob) // pieces)
+    cuts = sorted((int(at * len(blob)), kind) for kind, at in events)
+    with TeeIngester(store, passed.extend).writer("ref") as writer:
+        position = 0
+        while position < len(blob):
+            if cuts and cuts[0][0] <= position:
+                _, kind = cuts.pop(0)
+                if kind == "restart":
+                    writer.truncate(0)
+                    position = 0
+                continue  # a drop: the next request resumes at the writer's offset
+            end = min(len(blob), position + piece, *(at for at, _ in cuts if at > position))
+            writer.write(blob[position:end])
+            position = end
+        writer.commit(len(blob), Digest.of(blob))
+    assert bytes(passed) == blob
