@@ -26,8 +26,7 @@ from rafs.oci.reference import Reference, parse_reference
 from rafs.reader.artifact import MAX_BOOTSTRAP, Artifact, open_artifact_reader
 from rafs.reader.backend import BackendBlobSet, BlobBackend, LocalBackend
 from rafs.reader.image import RafsImage
-from rafs.reader.registry_backend import DEFAULT_CONCURRENCY, RegistryBackend
-from rafs.registry import Credentials, RegistryClient
+from rafs.registry.credentials import Credentials
 
 REFERENCE_PREFIXES = ("oci:", "docker://")
 
@@ -40,8 +39,6 @@ class RemoteOptions:
     """The manifest to take from an index; None: this host's platform."""
     plain_http: bool = False
     credentials: Credentials | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
-    """Registry requests in flight at once, per backend."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +95,9 @@ def _resolve_layout(reference: Reference, wanted: Platform) -> ResolvedImage:
 
 def _resolve_registry(reference: Reference, wanted: Platform,
                       options: RemoteOptions) -> ResolvedImage:  # fmt: skip
+    from rafs.reader.registry_backend import RegistryBackend  # httpx loads only when asked
+    from rafs.registry.client import RegistryClient
+
     assert reference.repository is not None
     repository_name = reference.repository
     name = str(reference)
@@ -120,8 +120,7 @@ def _resolve_registry(reference: Reference, wanted: Platform,
 
     def backend() -> BlobBackend:
         own = client()
-        return RegistryBackend(own.repository(repository_name), layers.blobs,
-                               concurrency=options.concurrency, on_close=own.close)  # fmt: skip
+        return RegistryBackend(own.repository(repository_name), layers.blobs, on_close=own.close)
 
     return ResolvedImage(name, image, layers, backend)
 
