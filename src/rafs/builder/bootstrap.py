@@ -24,7 +24,7 @@ from rafs.builder.tree import Chunk, Inode
 from rafs.errors import InvalidArgument
 from rafs.format.blobtable import BlobEntry, BlobFeatures, Compressor, DeviceSlot, Digester
 from rafs.format.chunktable import ChunkFlags, ChunkInfo, pack_prefetch_table
-from rafs.format.dirent import dirent_blocks, pack_dirent_block
+from rafs.format.dirent import dirent_blocks, pack_dirent_blocks
 from rafs.format.inode import (
     EROFS_CHUNK_FORMAT_INDEXES,
     EROFS_FT_DIR,
@@ -501,15 +501,7 @@ def _dir_blocks(directory: Inode, placed: _Placed, layout: _Layout) -> list[byte
             child = directory.children[name]
             nids.append(layout.placed[id(child)].nid)
             types.append(file_type_of_mode(child.mode))
-    blocks = []
-    position = 0
-    for number, count in enumerate(counts):
-        end = position + count
-        blocks.append(pack_dirent_block(names[position:end], nids[position:end],
-                                        types[position:end], BLOCK,
-                                        pad=number + 1 < len(counts)))  # fmt: skip
-        position = end
-    return blocks
+    return pack_dirent_blocks(names, nids, types, counts, BLOCK)
 
 
 def rename_blobs(bootstrap: bytes, blob_ids: dict[int, str]) -> bytes:

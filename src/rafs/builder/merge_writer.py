@@ -50,7 +50,7 @@ from rafs.builder.raw_bootstrap import (
 )
 from rafs.format.blobtable import BlobEntry
 from rafs.format.chunktable import ChunkInfo
-from rafs.format.dirent import dirent_blocks, pack_dirent_block
+from rafs.format.dirent import dirent_blocks, pack_dirent_blocks
 from rafs.format.inode import (
     EROFS_FT_BLKDEV,
     EROFS_FT_CHRDEV,
@@ -395,14 +395,7 @@ class MergeWriter:
             position = names.index(dot)
             nids.insert(position, nid)
             file_types.insert(position, EROFS_FT_DIR)
-        blocks = []
-        start = 0
-        for number, count in enumerate(directory.counts):
-            end = start + count
-            blocks.append(pack_dirent_block(names[start:end], nids[start:end],
-                                            file_types[start:end], BLOCK,
-                                            pad=number + 1 < len(directory.counts)))  # fmt: skip
-            start = end
+        blocks = pack_dirent_blocks(names, nids, file_types, directory.counts, BLOCK)
         tail = blocks.pop() if directory.layout == DataLayout.FLAT_INLINE else b""
         xattrs = directory.xattrs
         record = INODE.pack(

@@ -82,6 +82,25 @@ def pack_dirent_block(
     return data.ljust(block_size, b"\0") if pad else data
 
 
+def pack_dirent_blocks(
+    names: Sequence[bytes],
+    nids: Sequence[int],
+    file_types: Sequence[int],
+    counts: Sequence[int],
+    block_size: int,
+) -> list[bytes]:
+    """A directory's blocks, `counts[i]` entries in block i (`dirent_blocks`); every block
+    but the last padded to `block_size`."""
+    blocks = []
+    start = 0
+    for number, count in enumerate(counts):
+        end = start + count
+        blocks.append(pack_dirent_block(names[start:end], nids[start:end], file_types[start:end],
+                                        block_size, pad=number + 1 < len(counts)))  # fmt: skip
+        start = end
+    return blocks
+
+
 def unpack_dirent_block(block: bytes | memoryview, used: int) -> list[tuple[bytes, Dirent]]:
     """Decode one directory block of which the first `used` bytes are meaningful."""
     view = memoryview(block)[:used]
