@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from rafs.cache import CacheManager, Compression, ImmutableRef, merge_nydus
 from rafs.cache.compression import convert_stream
@@ -117,6 +117,17 @@ def import_image(source: ImageEndpoint, cache: CacheManager) -> ImmutableRef:
     return ref
 
 
+class _Stream(NamedTuple):
+    """A layer converting while it downloads."""
+
+    fetched: Future[None]
+    """The download, done once the layer is in the store (verified)."""
+    ref: Future[ImmutableRef]
+    """Its ref, set when the chain reaches it."""
+    conversion: Future[Descriptor]
+    """Its Nydus blob, linked to the ref and pushed."""
+
+
 class _Conversion:
     def __init__(self, source: ImageEndpoint, target: ImageEndpoint, cache: CacheManager,
                  options: ConvertOptions, summary: ConvertSummary,
@@ -171,7 +182,7 @@ class _Conversion:
         wanted = Compression.GZIP if self.options.reverse else Compression.NYDUS
         pushes: list[Future[None]] = []
         streamed = {} if self.options.reverse else self._start_streams(layers, pushes)
-        fetches = [streamed[i][0] if i in streamed
+        fetches = [streamed[i].fetched if i in streamed
                    else self.io.submit(self.source.fetch_into, layer, self.store)
                    for i, layer in enumerate(layers)]  # fmt: skip
         conversions, top = [], None
@@ -182,19 +193,19 @@ class _Conversion:
                     fetch.result()
                 except BaseException:
                     if i in streamed:  # its conversion knows best why (it may have ended it)
-                        streamed[i][1].cancel()
+                        streamed[i].ref.cancel()
                         with contextlib.suppress(CancelledError):
-                            streamed[i][2].result()
+                            streamed[i].conversion.result()
                     raise
                 top = layer_ref(self.cache, layer, diff_id, top)
                 if i in streamed:
-                    streamed[i][1].set_result(top)
-                    conversions.append(streamed[i][2])
+                    streamed[i].ref.set_result(top)
+                    conversions.append(streamed[i].conversion)
                 else:
                     conversions.append(self.cpu.submit(self._variant, top, wanted, pushes))
         finally:
-            for _, ref, _ in streamed.values():
-                ref.cancel()  # a stream waiting for a ref that will never come gives up
+            for stream in streamed.values():
+                stream.ref.cancel()  # a stream waiting for a ref that will never come gives up
         assert top is not None
         new_layers = [conversion.result() for conversion in conversions]
         if self.options.reverse:
@@ -221,28 +232,27 @@ class _Conversion:
         """The layer in `compression` (converted unless stored), its push started."""
         if ref.ensure_compression(compression):
             self.summary.converted += 1
-        desc = ref.get_blob_with_compression(compression)
+        return self._pushed(ref.get_blob_with_compression(compression), pushes)
+
+    def _pushed(self, desc: Descriptor, pushes: list[Future[None]]) -> Descriptor:
+        """A layer's converted blob, its push started and its progress counted."""
         pushes.append(self.io.submit(self.target.push_blob, desc, self.store))
         self.progress("layer", 1)
         return desc
 
-    def _start_streams(self, layers: list[Descriptor], pushes: list[Future[None]]
-                       ) -> dict[int, tuple[Future[None], Future[ImmutableRef],
-                                            Future[Descriptor]]]:  # fmt: skip
-        """Start converting the `jobs` largest layers the store lacks as they download.
-
-        For each: (its fetch, the ref the chain will give it, its conversion).
-        """
+    def _start_streams(self, layers: list[Descriptor],
+                       pushes: list[Future[None]]) -> dict[int, _Stream]:  # fmt: skip
+        """Start converting the `jobs` largest layers the store lacks as they download."""
         first = {layer.digest: i for i, layer in reversed(list(enumerate(layers)))}
         cold = [i for i in first.values() if not exists(self.store, layers[i].digest)]
         cold.sort(key=lambda i: layers[i].size, reverse=True)  # one stream per blob
-        started = {}
+        started: dict[int, _Stream] = {}
         for i in cold[: self.options.jobs]:
             layer = layers[i]
             fetch = StreamedFetch(partial(self._fetch_teed, layer), str(layer.digest), layer.size)
             ref: Future[ImmutableRef] = Future()
             conversion = self.cpu.submit(self._streamed_variant, layer, fetch, ref, pushes)
-            started[i] = (fetch.fetched, ref, conversion)
+            started[i] = _Stream(fetch.fetched, ref, conversion)
         return started
 
     def _fetch_teed(self, layer: Descriptor, sink: Sink) -> None:
@@ -268,11 +278,8 @@ class _Conversion:
                 raise
         if made is None:
             return self._variant(ref.result(), Compression.NYDUS, pushes)
-        desc = ref.result().adopt_variant(made)
         self.summary.converted += 1
-        pushes.append(self.io.submit(self.target.push_blob, desc, self.store))
-        self.progress("layer", 1)
-        return desc
+        return self._pushed(ref.result().adopt_variant(made), pushes)
 
     def _store_document(self, data: bytes, media_type: str) -> Descriptor:
         digest = Digest.of(data)
