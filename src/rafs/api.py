@@ -92,7 +92,6 @@ def merge(
     return result.blob_digests
 
 
-
 def unpack(reader: BinaryIO, dest: BinaryIO, option: UnpackOption = UnpackOption()) -> None:
     """Write the OCI tar of the Nydus layer (or bootstrap) read from `reader` to `dest`."""
     with open_artifact_reader(reader, getattr(reader, "name", "unpack source"),

@@ -25,34 +25,30 @@ from rafs.reader.v5 import RafsV5Image, V5DirEntry, V5Stat
 READ_BLOCK = 1 << 20
 
 
-def _image_args(parser: argparse.ArgumentParser) -> None:
-    add_image_args(parser)
-
-
 def register(commands: Any) -> None:
     inspect = commands.add_parser("inspect", help="superblock, flags, blob table, counts")
-    _image_args(inspect)
+    add_image_args(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(run=run_inspect)
 
     ls = commands.add_parser("ls", help="list entries")
-    _image_args(ls)
+    add_image_args(ls)
     ls.add_argument("path", nargs="?", default="/")
     ls.add_argument("-l", dest="long", action="store_true", help="long listing")
     ls.add_argument("-R", dest="recursive", action="store_true", help="recurse")
     ls.set_defaults(run=run_ls)
 
     cat = commands.add_parser("cat", help="write one file's content to stdout")
-    _image_args(cat)
+    add_image_args(cat)
     cat.add_argument("path")
     cat.set_defaults(run=run_cat)
 
     check = commands.add_parser("check", help="check structure and every chunk digest")
-    _image_args(check)
+    add_image_args(check)
     check.set_defaults(run=run_check)
 
     export = commands.add_parser("export", help="export for the kernel's EROFS driver")
-    _image_args(export)
+    add_image_args(export)
     form = export.add_mutually_exclusive_group(required=True)
     form.add_argument("--block", action="store_true",
                       help="one flat EROFS image (mount -t erofs -o loop,ro)")  # fmt: skip

@@ -20,6 +20,7 @@ import platform as host
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rafs.digest import Digest
 from rafs.errors import FormatError, InvalidArgument, NotFound, Unsupported
 from rafs.oci import constants as mt
 from rafs.oci.descriptor import Descriptor, Platform
@@ -63,6 +64,15 @@ def nydus_manifest(manifest: Manifest, what: str) -> NydusManifest:
                           "layout (only v6)")  # fmt: skip
     blobs = {layer.digest.hex: layer for i, layer in enumerate(manifest.layers) if i != marked[0]}
     return NydusManifest(manifest, bootstrap, blobs)
+
+
+def blob_layer_digest(blob_id: str, what: str) -> Digest:
+    """The digest of the layer holding blob `blob_id` when the manifest lists no layer for
+    it (a chunk dictionary's blob): its id is that digest's hex."""
+    try:
+        return Digest.from_hex(blob_id)
+    except InvalidArgument:
+        raise FormatError(f"{what}: blob id {blob_id!r} names no layer") from None
 
 
 def host_platform() -> Platform:

@@ -15,13 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rafs.digest import Digest
-from rafs.errors import FormatError, InvalidArgument
+from rafs.errors import FormatError
 from rafs.oci import constants as mt
 from rafs.oci.descriptor import Descriptor, Platform
 from rafs.oci.layout import OCILayout
 from rafs.oci.manifest import Index, Manifest, parse_manifest
-from rafs.oci.nydus_image import NydusManifest, choose_manifest, host_platform, nydus_manifest
+from rafs.oci.nydus_image import (
+    NydusManifest,
+    blob_layer_digest,
+    choose_manifest,
+    host_platform,
+    nydus_manifest,
+)
 from rafs.oci.reference import Reference, parse_reference
 from rafs.reader.artifact import MAX_BOOTSTRAP, Artifact, open_artifact_reader
 from rafs.reader.backend import BackendBlobSet, BlobBackend, LocalBackend
@@ -88,7 +93,7 @@ def _resolve_layout(reference: Reference, wanted: Platform) -> ResolvedImage:
 
     def locate(blob_id: str) -> Path:
         layer = layers.blobs.get(blob_id)
-        return layout.blob_path(layer.digest if layer else _blob_digest(blob_id, name))
+        return layout.blob_path(layer.digest if layer else blob_layer_digest(blob_id, name))
 
     return ResolvedImage(name, image, layers, lambda: LocalBackend(locate))
 
@@ -144,10 +149,3 @@ def _check_bootstrap_size(layer: Descriptor, name: str) -> None:
 def _bootstrap(layer: bytes, name: str) -> RafsImage:
     """The bootstrap in a bootstrap layer (a gzip tar; a bare bootstrap is taken as well)."""
     return open_artifact_reader(io.BytesIO(layer), name).image
-
-
-def _blob_digest(blob_id: str, name: str) -> Digest:
-    try:
-        return Digest.from_hex(blob_id)
-    except InvalidArgument:
-        raise FormatError(f"{name}: blob id {blob_id!r} names no layer") from None

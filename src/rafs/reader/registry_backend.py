@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from rafs.digest import Digest
 from rafs.errors import FormatError, InvalidArgument
 from rafs.oci.descriptor import Descriptor
+from rafs.oci.nydus_image import blob_layer_digest
 from rafs.registry import Repository
 
 DEFAULT_CONCURRENCY = 8
@@ -45,11 +46,9 @@ class RegistryBackend:
         layer = self._layers.get(blob_id)
         if layer is not None:
             return layer.digest, layer.size
-        try:  # not a layer of the manifest: the repository may still hold it by that name
-            return Digest.from_hex(blob_id), None
-        except InvalidArgument:
-            where = f"docker://{self.repository.client.host}/{self.repository.name}"
-            raise FormatError(f"{where}: blob id {blob_id!r} names no layer") from None
+        # not a layer of the manifest: the repository may still hold it by that name
+        where = f"docker://{self.repository.client.host}/{self.repository.name}"
+        return blob_layer_digest(blob_id, where), None
 
     def read_range(self, blob_id: str, offset: int, size: int) -> bytes:
         digest, layer_size = self._layer(blob_id)
