@@ -45,7 +45,6 @@ class StreamedFetch:
         self._size = size
         self._pipe = open(write_fd, "wb")  # noqa: SIM115 (closed by the fetch thread)
         self._fetch = fetch
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"fetch {name}", daemon=True)
         self._thread.start()
 
@@ -54,7 +53,6 @@ class StreamedFetch:
             with self._pipe:
                 self._fetch(self._give)
         except BaseException as exc:  # handed to the reading thread by wait()
-            self._error = exc
             self.fetched.set_exception(exc)
         else:
             self.fetched.set_result(None)
@@ -67,8 +65,7 @@ class StreamedFetch:
         """Join the fetch; raise what it raised."""
         self._thread.join()
         self.stream.close()
-        if self._error is not None:
-            raise self._error
+        self.fetched.result()  # raises what the fetch raised
         if self.passed < self._size:
             raise NotStreamed(f"{self.passed} of {self._size} bytes streamed")
 
@@ -77,5 +74,5 @@ class StreamedFetch:
         closed under it."""
         self.stream.close()
         self._thread.join()
-        error = self._error
+        error = self.fetched.exception()
         return None if isinstance(error, BrokenPipeError) else error
