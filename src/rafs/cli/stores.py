@@ -12,10 +12,13 @@ import argparse
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rafs.cache import CacheManager
 from rafs.content import Store
 from rafs.content.local import LocalStore
+
+if TYPE_CHECKING:
+    from rafs.cache import CacheManager
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, *, required: bool,
@@ -45,6 +48,8 @@ def open_store(args: argparse.Namespace, *, create: bool = False,
 def open_cache(args: argparse.Namespace, *, create: bool = False,
                default: Path | None = None) -> CacheManager:  # fmt: skip
     """The ref cache over `open_store(args, ...)`, its records where the module says."""
+    from rafs.cache import CacheManager  # the builder and reader behind it: not for `content`
+
     store = open_store(args, create=create, default=default)
     if args.containerd is not None:
         socket_id = hashlib.sha256(str(args.containerd.resolve()).encode()).hexdigest()[:16]
