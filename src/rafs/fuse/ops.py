@@ -12,9 +12,9 @@ a read whose chunks are cached and verified is answered at once (the cache file'
 memory, or a `preadv` into one reply buffer); a read that lacks chunks has them fetched by
 the cache's fetch threads (which also read ahead of a streamed file) and waits for them
 without blocking the loop, then answers the same way. Only a read the cache could not keep
-(a tight `--cache-limit`) takes a worker thread. A file streamed to its end has the first
-chunk of the next file in its directory fetched (`_warm_next_file`): a tree read file by
-file does not wait a whole fetch at the start of every file.
+(a tight `--cache-limit`) takes a worker thread. Read-ahead near the end of a streamed file
+goes on into the next file of its directory (`_spill_read_ahead`): a tree read file by
+file does not stall at the start of every file.
 
 What `read` returns may be reused memory because pyfuse3 hands it (any buffer) to
 `fuse_reply_buf`, which copies it to the kernel, right after `read` returns and before
@@ -50,7 +50,7 @@ NAME_MAX = 255
 NEXT_FILE_SCAN = 16
 """Entries after a streamed file searched for the next regular file of its directory."""
 MAX_PARENTS = 1 << 16
-"""Files whose directory is remembered (for `_warm_next_file`)."""
+"""Files whose directory is remembered (for `_next_file`)."""
 
 
 class RafsOperations(pyfuse3.Operations):
@@ -214,29 +214,40 @@ class RafsOperations(pyfuse3.Operations):
         except (RafsError, OSError) as exc:
             log.error("read of nid %d [%d, +%d) failed: %s", nid, off, size, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        if (off or size >= STREAMING_READ) and off + size >= self._attrs(nid).st_size:
-            self._warm_next_file(nid)
+        if size >= STREAMING_READ:
+            self._spill_read_ahead(nid, off + size)
         return data
 
-    def _warm_next_file(self, nid: int) -> None:
-        """Start fetching the first chunk of the regular file after `nid` in its directory.
+    def _spill_read_ahead(self, nid: int, end: int) -> None:
+        """Carry a streaming read's read-ahead past the end of its file into the next one.
 
-        Called once a file has been streamed to its end: a tree read file by file (cp -r,
-        tar, any walk in readdir order, which for EROFS is name order) opens that file
-        next, and its first read then finds the data ready or under way instead of paying
-        a whole fetch. A lazy mount that reads a few files fetches one chunk more for each
-        file it reads through; small files read in one request warm nothing.
+        The cache fetches a window ahead of a file being streamed (`ChunkCache`). A tree
+        read file by file (cp -r, tar, any walk in readdir order, which for EROFS is name
+        order) opens the next regular file of the directory next: the part of the window
+        lying past this file's end goes to that file's first bytes, so fetching goes on
+        across file boundaries instead of stalling at each one. The spill is at most the
+        bytes streamed from this file so far (`end`): a mount that streams a few files
+        fetches at most that much again, and small files read in one request spill little.
         """
-        directory = self._parents.get(nid)
-        if directory is None:
+        spill = min(end, end + self.cache.readahead_window - self._attrs(nid).st_size)
+        if spill <= 0:
             return
         with contextlib.suppress(RafsError, OSError):  # that file's own read reports them
-            entries = self._entries(directory)
-            start = self._positions(directory).get(nid, len(entries)) + 1
-            for entry in entries[start : start + NEXT_FILE_SCAN]:
-                if self.image.stat(entry.nid).is_reg:
-                    self.cache.request(entry.nid, 0, 1)
-                    return
+            following = self._next_file(nid)
+            if following is not None:
+                self.cache.warm(following, spill)
+
+    def _next_file(self, nid: int) -> int | None:
+        """The regular file after `nid` in the directory it was found in, if near enough."""
+        directory = self._parents.get(nid)
+        if directory is None:
+            return None
+        entries = self._entries(directory)
+        start = self._positions(directory).get(nid, len(entries)) + 1
+        for entry in entries[start : start + NEXT_FILE_SCAN]:
+            if self.image.stat(entry.nid).is_reg:
+                return entry.nid
+        return None
 
 
 async def _settled(futures: Iterable[Future[Any]]) -> None:

@@ -189,19 +189,32 @@ class ChunkCache:
             self._read_ahead(nid, offset + size)
         return [*theirs.values(), *(future for _, future in mine.values())]
 
-    def _read_ahead(self, nid: int, end: int) -> None:
-        """Fetch in the background the chunks of `nid` after byte `end` of a streaming read,
-        in jobs of READAHEAD_JOB, once less than half of READAHEAD_BYTES is under way."""
+    @property
+    def readahead_window(self) -> int:
+        """How far a streaming read fetches ahead: READAHEAD_BYTES, or a quarter of a
+        cache limit when that is less."""
+        return READAHEAD_BYTES if self.limit is None else min(READAHEAD_BYTES, self.limit // 4)
+
+    def warm(self, nid: int, size: int) -> None:
+        """Fetch the chunks of a file's first `size` bytes in the background (at most the
+        read-ahead window): the read-ahead of a stream expected to start there."""
+        self._read_ahead(nid, 0, min(align_up(size, self.image.chunk_size), self.readahead_window))
+
+    def _read_ahead(self, nid: int, end: int, window: int | None = None) -> None:
+        """Fetch in the background the chunks of `nid` in the `window` (default: the
+        read-ahead window) after byte `end` of a streaming read not yet under way, in jobs
+        of READAHEAD_JOB."""
         chunk_size = self.image.chunk_size
-        window = READAHEAD_BYTES if self.limit is None else min(READAHEAD_BYTES, self.limit // 4)
-        count = window // chunk_size
+        count = (self.readahead_window if window is None else window) // chunk_size
+        if count == 0:
+            return
         total = (self.image.stat(nid).size + chunk_size - 1) // chunk_size
         following = (end + chunk_size - 1) // chunk_size
         with self._lock:
             reached = self._ahead.get(nid, 0)
-            if reached - following >= count // 2 or reached >= total:
-                return
             start, stop = max(reached, following), min(total, following + count)
+            if start >= stop:
+                return
             if len(self._ahead) >= MAX_STREAMS:
                 self._ahead.clear()
             self._ahead[nid] = stop
