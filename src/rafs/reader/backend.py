@@ -2,7 +2,9 @@
 
 A backend answers one question, `read_range(blob_id, offset, size)`: the stored bytes of a
 blob in [offset, offset+size); `read_into` is the same into the caller's buffer (a mount's
-fetch threads reuse theirs). Everything above it
+fetch threads reuse theirs), and `read_into_nowait` the same only if the bytes are at hand
+(a local file's page cache; never for a network), so that a mount's event loop can serve a
+small read itself instead of handing it to a fetch thread. Everything above it
 (which chunks a read needs, merging adjacent chunks into one range, decompression, digest
 checks, caching) lives in `rafs.reader.chunkcache`, so a new backend — e.g. HTTP Range
 requests against a registry — implements only this protocol. Backends must be safe to
@@ -18,6 +20,7 @@ blobs are behind a backend (an image reference), one range per chunk and no cach
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -40,6 +43,11 @@ class BlobBackend(Protocol):
 
     def read_into(self, blob_id: str, offset: int, buffer: memoryview) -> None:
         """`read_range(blob_id, offset, len(buffer))`, written into `buffer`."""
+        ...
+
+    def read_into_nowait(self, blob_id: str, offset: int, buffer: memoryview) -> bool:
+        """`read_into` if the bytes are at hand (no disk or network to wait for): True;
+        else False, `buffer` left undefined."""
         ...
 
     def close(self) -> None: ...
@@ -90,6 +98,20 @@ class LocalBackend:
         fd, path = self._open_range(blob_id, offset, size)
         if os.preadv(fd, [buffer], offset) != size:
             raise FormatError(f"{path}: blob ends inside [{offset}, +{size})")
+
+    def read_into_nowait(self, blob_id: str, offset: int, buffer: memoryview) -> bool:
+        """A read that succeeds only from the page cache (`RWF_NOWAIT`): never waits for
+        the disk. False also where the filesystem does not support it."""
+        size = len(buffer)
+        fd, _ = self._open_range(blob_id, offset, size)
+        try:
+            return os.preadv(fd, [buffer], offset, os.RWF_NOWAIT) == size
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return False
+            raise
 
     def _open_range(self, blob_id: str, offset: int, size: int) -> tuple[int, Path]:
         """The open blob file and its path, once [offset, +size) is known to lie inside it."""

@@ -75,6 +75,10 @@ class RegistryBackend:
                               f"for [{offset}, +{size})")  # fmt: skip
         return data
 
+    def read_into_nowait(self, blob_id: str, offset: int, buffer: memoryview) -> bool:
+        """Never: every read is a request over the network."""
+        return False
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._on_close is not None:

@@ -1,0 +1,192 @@
+"""How a mount's file reads fetch: read-ahead of streamed files, small reads inline.
+
+The FUSE operations run here without a kernel mount (called on a trio loop as pyfuse3
+would); what they start fetching is read from the cache's claim counter (`cache_misses`
+counts every chunk claimed for fetching, at the moment it is claimed), and the bytes they
+serve are checked against the source.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from rafs.api import pack
+from rafs.fuse.ops import RafsOperations
+from rafs.reader.artifact import open_artifact
+from rafs.reader.backend import LocalBackend
+from rafs.reader.chunkcache import READAHEAD_BYTES, STREAMING_READ, ChunkCache
+from tests.support.tarballs import make_tar
+
+MIB = 1 << 20
+FILES = {"a": 4 * MIB, "b": 4 * MIB, "c": 4 * MIB, "d": 300 << 10, "e": 2 * MIB, "f": 2 * MIB,
+         "g": 1000}  # fmt: skip
+"""Name -> size; the image's chunks are 1 MiB (the default), all distinct (random data)."""
+
+
+class RecordingBackend(LocalBackend):
+    """A local blob backend that notes which thread makes each read, and how."""
+
+    at_hand = True  # False: never has bytes at hand, as a registry
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.reads: list[tuple[str, str]] = []
+
+    def read_into(self, blob_id: str, offset: int, buffer: memoryview) -> None:
+        self.reads.append(("wait", threading.current_thread().name))
+        super().read_into(blob_id, offset, buffer)
+
+    def read_into_nowait(self, blob_id: str, offset: int, buffer: memoryview) -> bool:
+        self.reads.append(("nowait", threading.current_thread().name))
+        return self.at_hand and super().read_into_nowait(blob_id, offset, buffer)
+
+
+class WaitingBackend(RecordingBackend):
+    at_hand = False
+
+
+def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend
+           ) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:  # fmt: skip
+    data = {name: os.urandom(size) for name, size in FILES.items()}
+    layer = tmp_path / "layer.nydus"
+    with layer.open("wb") as out:
+        pack(io.BytesIO(make_tar([(name, body, {}) for name, body in data.items()])), out)
+    with open_artifact(layer) as artifact:
+        cache = ChunkCache(artifact.image, backend.for_artifact(artifact), tmp_path / "cache")
+        try:
+            yield RafsOperations(artifact.image, cache), data
+        finally:
+            cache.close()
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:
+    yield from _mount(tmp_path)
+
+
+@pytest.fixture
+def mounted_waiting(tmp_path: Path) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:
+    yield from _mount(tmp_path, WaitingBackend)
+
+
+def _ino(ops: RafsOperations, name: str) -> int:
+    attrs = trio.run(ops.lookup, ops.ino(ops.image.root_nid), name.encode(), None)
+    return int(attrs.st_ino)
+
+
+def _stream(ops: RafsOperations, ino: int, size: int, request: int = MIB) -> bytes:
+    """Read a file as the kernel streams it: `request` bytes at a time, in order (each
+    reply copied at once: it may be the cache file's mapped memory)."""
+
+    async def run() -> bytes:
+        parts = [bytes(await ops.read(ino, off, request)) for off in range(0, size, request)]
+        return b"".join(parts)
+
+    return trio.run(run)
+
+
+def _read(ops: RafsOperations, ino: int, offset: int, size: int) -> bytes:
+    """One read request."""
+
+    async def run() -> bytes:
+        return bytes(await ops.read(ino, offset, size))
+
+    return trio.run(run)
+
+
+def _claimed(ops: RafsOperations) -> int:
+    return ops.cache.stats.cache_misses
+
+
+def test_a_streamed_file_reads_ahead_into_the_next_file(
+    mounted: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted
+    a, b = _ino(ops, "a"), _ino(ops, "b")
+    assert READAHEAD_BYTES >= 8 * MIB  # the figures below assume a window of 8 chunks
+
+    assert _read(ops, a, 0, MIB) == data["a"][:MIB]
+    # a's 4 chunks, and b's first chunk: no more of b than was streamed from a (1 MiB)
+    assert _claimed(ops) == 4 + 1
+
+    assert _stream(ops, a, FILES["a"]) == data["a"]
+    assert _claimed(ops) == 4 + 4  # all of b by the end of a; c is not a's next file
+    assert _stream(ops, b, FILES["b"]) == data["b"]
+    assert _claimed(ops) == 4 + 4 + 4  # b's chunks were not claimed again; c's now were
+
+
+def test_a_file_read_in_one_small_request_reads_nothing_ahead(
+    mounted: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted
+    d = _ino(ops, "d")
+    assert _stream(ops, d, FILES["d"], request=STREAMING_READ - 4096) == data["d"]
+    assert _claimed(ops) == 1  # d's one chunk; the 1 MiB reads ahead nothing
+
+
+def test_spill_is_bounded_by_what_was_streamed(
+    mounted: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted
+    d = _ino(ops, "d")
+    assert _read(ops, d, 0, FILES["d"]) == data["d"]  # one streaming read
+    assert _claimed(ops) == 1 + 1  # d, and e's first chunk only (300 KiB streamed)
+
+
+def _reads(ops: RafsOperations) -> list[tuple[str, str]]:
+    backend = ops.cache.backend
+    assert isinstance(backend, RecordingBackend)
+    return backend.reads
+
+
+def test_a_small_read_at_hand_is_fetched_on_the_reading_thread(
+    mounted: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted
+    g = _ino(ops, "g")
+    assert _read(ops, g, 0, FILES["g"]) == data["g"]  # the layer was just written: at hand
+    assert _reads(ops) == [("nowait", threading.current_thread().name)]
+
+    e = _ino(ops, "e")  # 1 MiB chunks: more than a reading thread fetches
+    assert _read(ops, e, 0, 4096) == data["e"][:4096]
+    assert _reads(ops)[1:] == [("wait", "chunk-fetch_0")]
+
+
+def test_small_reads_without_bytes_at_hand_go_to_fetch_threads(
+    mounted_waiting: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted_waiting
+    g = _ino(ops, "g")
+    assert _read(ops, g, 0, FILES["g"]) == data["g"]
+    [nowait, (how, thread)] = _reads(ops)
+    assert nowait[0] == "nowait" and how == "wait" and thread.startswith("chunk-fetch")
+
+
+def test_a_corrupt_small_chunk_fetched_inline_fails_only_its_read(
+    mounted: tuple[RafsOperations, dict[str, bytes]], tmp_path: Path
+) -> None:
+    ops, data = mounted
+    g = _ino(ops, "g")
+    [chunk] = ops.image.file_chunks(ops.nid(g))
+    with (tmp_path / "layer.nydus").open("r+b") as layer:
+        layer.seek(chunk.compressed_offset + chunk.compressed_size // 2)
+        byte = layer.read(1)
+        layer.seek(-1, io.SEEK_CUR)
+        layer.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(pyfuse3.FUSEError) as failed:
+        _read(ops, g, 0, FILES["g"])
+    assert failed.value.errno == errno.EIO
+    assert _reads(ops) == [("nowait", threading.current_thread().name)]
+    assert ops.cache.stats.corrupt_chunks == 1
+    d = _ino(ops, "d")
+    assert _read(ops, d, 0, FILES["d"]) == data["d"]
