@@ -7,15 +7,15 @@ are given long timeouts, file pages are kept in the kernel's cache across opens
 (`keep_cache`), and no per-inode state exists (lookup counts need no bookkeeping).
 
 Directory offsets are positions in the on-disk entry list ("." and ".." included): stable
-for the life of the image. File reads go through the chunk cache, all on the event loop:
-a read whose chunks are cached and verified is answered at once (the cache file's mapped
+for the life of the image. File reads go through the chunk cache, all on the event loop: a
+read whose chunks are cached and verified is answered at once (the cache file's mapped
 memory, or a `preadv` into one reply buffer); a read that lacks chunks has them fetched by
 the cache's fetch threads (which also read ahead of a streamed file) and waits for them
 without blocking the loop, then answers the same way (small chunks a local blob has in the
-page cache are fetched on the loop at once: see `ChunkCache.request`). Only a read the cache could not keep
-(a tight `--cache-limit`) takes a worker thread. Read-ahead near the end of a streamed file
-goes on into the next file of its directory (`_spill_read_ahead`): a tree read file by
-file does not stall at the start of every file.
+page cache are fetched on the loop at once: see `ChunkCache.request`). Only a read the cache
+could not keep (a tight `--cache-limit`) takes a worker thread. Read-ahead near the end of a
+streamed file goes on into the next file of its directory (`_spill_read_ahead`): a tree read
+file by file does not stall at the start of every file.
 
 What `read` returns may be reused memory because pyfuse3 hands it (any buffer) to
 `fuse_reply_buf`, which copies it to the kernel, right after `read` returns and before

@@ -15,13 +15,14 @@ damaged in between); a cached chunk that fails the check is fetched again.
 Two ways in serve a mount's event loop without blocking it: `read_ready` answers a read
 whose chunks are all cached and verified (a `preadv` into the caller's buffer), and
 `request` starts fetching what a read lacks on a small pool of fetch threads, returning
-futures to wait on. A read whose missing chunks are small (INLINE_FETCH stored bytes) and
-at hand in the backend (`read_into_nowait`: a local blob in the page cache) is fetched by
+futures to wait on. A read whose missing chunks are small (INLINE_FETCH stored bytes) and at
+hand in the backend (`read_into_nowait`: a local blob in the page cache) is fetched by
 `request` itself: handing it to a fetch thread and waking the loop again would take longer
-than the fetch (about 0.3 ms of the 0.5 ms a small file took here). A read of at least STREAMING_READ bytes (the kernel reading ahead: a
-file read sequentially) also has the chunks after it, up to READAHEAD_BYTES of the file,
-fetched in the background, so the kernel's next requests find them ready. `read` is the
-blocking path for any other thread; `fetch` fills the cache (prefetch, `--kernel`).
+than the fetch (about 0.3 ms of the 0.5 ms a small file took here). A read of at least
+STREAMING_READ bytes (the kernel reading ahead: a file read sequentially) also has the
+chunks after it, up to READAHEAD_BYTES of the file, fetched in the background, so the
+kernel's next requests find them ready. `read` is the blocking path for any other thread;
+`fetch` fills the cache (prefetch, `--kernel`).
 
 Fetch threads read stored bytes and decompress into per-thread buffers they reuse (no
 allocation and copy per chunk); zstd, BLAKE3, SHA-256 and file I/O release the GIL, so
