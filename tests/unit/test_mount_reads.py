@@ -190,3 +190,25 @@ def test_a_corrupt_small_chunk_fetched_inline_fails_only_its_read(
     assert ops.cache.stats.corrupt_chunks == 1
     d = _ino(ops, "d")
     assert _read(ops, d, 0, FILES["d"]) == data["d"]
+
+
+def test_a_bug_in_one_request_fails_it_alone(
+    mounted: tuple[RafsOperations, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ops, data = mounted
+    g, d = _ino(ops, "g"), _ino(ops, "d")
+    real_stat = ops.image.stat
+
+    def broken_stat(nid: int) -> object:
+        if nid == ops.nid(g):
+            raise ValueError("a bug")
+        return real_stat(nid)
+
+    monkeypatch.setattr(ops.image, "stat", broken_stat)
+    with pytest.raises(pyfuse3.FUSEError) as failed:
+        _read(ops, g, 0, FILES["g"])
+    assert failed.value.errno == errno.EIO
+    [record] = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
+    assert _read(ops, d, 0, FILES["d"]) == data["d"]  # the next request is served

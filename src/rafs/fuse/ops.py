@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from functools import lru_cache
+from types import TracebackType
 from typing import Any
 
 import pyfuse3
@@ -178,6 +179,10 @@ class RafsOperations(pyfuse3.Operations):
             return list(self._xattrs(self.nid(inode)))
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        with _errors("statfs", pyfuse3.ROOT_INODE):
+            return self._statfs()
+
+    def _statfs(self) -> pyfuse3.StatvfsData:
         image = self.image
         result = pyfuse3.StatvfsData()
         result.f_bsize = result.f_frsize = image.block_size
@@ -205,18 +210,15 @@ class RafsOperations(pyfuse3.Operations):
         if len(self._reply) < size:
             self._reply = bytearray(size)
         data: bytes | memoryview | None
-        try:
+        with _errors(f"read [{off}, +{size})", fh, is_read=True):
             data = self.cache.read_ready(nid, off, size, self._reply)
             if data is None:
                 await _settled(self.cache.request(nid, off, size))
                 data = self.cache.read_ready(nid, off, size, self._reply)
             if data is None:  # not kept in the cache, or evicted since
                 data = await trio.to_thread.run_sync(self.cache.read, nid, off, size)
-        except (RafsError, OSError) as exc:
-            log.error("read of nid %d [%d, +%d) failed: %s", nid, off, size, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        if size >= STREAMING_READ:
-            self._spill_read_ahead(nid, off + size)
+            if size >= STREAMING_READ:
+                self._spill_read_ahead(nid, off + size)
         return data
 
     def _spill_read_ahead(self, nid: int, end: int) -> None:
@@ -276,18 +278,28 @@ def _waker(token: trio.lowlevel.TrioToken, event: trio.Event) -> Callable[[objec
 
 
 class _errors:
-    """Turn a RafsError or OSError inside a metadata call into a FUSE errno, logged."""
+    """Turn an error inside a filesystem call into a FUSE errno, logged, so that one failing
+    request never takes the mount down: a RafsError or OSError (bad image data, a blob that
+    cannot be read) becomes its errno (EIO for reads, and for OSErrors), and any other
+    exception (a bug) EIO, logged with its traceback."""
 
-    def __init__(self, what: str, inode: int) -> None:
+    def __init__(self, what: str, inode: int, is_read: bool = False) -> None:
         self.what = what
         self.inode = inode
+        self.is_read = is_read
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:  # fmt: skip
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        if not isinstance(exc, Exception) or isinstance(exc, pyfuse3.FUSEError):
+            return  # success, a FUSE answer, or trio's cancellation: as they are
         if isinstance(exc, RafsError | OSError):
             log.error("%s of inode %d failed: %s", self.what, self.inode, exc)
-            code = exc.errno if isinstance(exc, RafsError) else errno.EIO
-            raise pyfuse3.FUSEError(code or errno.EIO) from None
+            code = exc.errno if isinstance(exc, RafsError) and not self.is_read else None
+        else:
+            log.error("%s of inode %d failed: internal error", self.what, self.inode,
+                      exc_info=(type(exc), exc, tb))  # fmt: skip
+            code = None
+        raise pyfuse3.FUSEError(code or errno.EIO) from None
