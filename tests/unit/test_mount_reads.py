@@ -31,6 +31,9 @@ MIB = 1 << 20
 FILES = {"a": 4 * MIB, "b": 4 * MIB, "c": 4 * MIB, "d": 300 << 10, "e": 2 * MIB, "f": 2 * MIB,
          "g": 1000}  # fmt: skip
 """Name -> size; the image's chunks are 1 MiB (the default), all distinct (random data)."""
+WALKED = {"w/0": 1000, "w/1": 1000, "w/2": 1000, "w/3": 200 << 10, "w/4": 1000, "w/5": 2 * MIB,
+          "w/6": 1000, "w/7": 3 * MIB}  # fmt: skip
+"""A directory to walk: small files (fetched when read) between larger ones."""
 
 
 class RecordingBackend(LocalBackend):
@@ -57,10 +60,12 @@ class WaitingBackend(RecordingBackend):
 
 def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend
            ) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:  # fmt: skip
-    data = {name: os.urandom(size) for name, size in FILES.items()}
+    data = {name: os.urandom(size) for name, size in (FILES | WALKED).items()}
+    entries: list[tuple[str, bytes | None, dict[str, object]]] = [("w", None, {})]
+    entries += [(name, body, {}) for name, body in data.items()]
     layer = tmp_path / "layer.nydus"
     with layer.open("wb") as out:
-        pack(io.BytesIO(make_tar([(name, body, {}) for name, body in data.items()])), out)
+        pack(io.BytesIO(make_tar(entries)), out)
     with open_artifact(layer) as artifact:
         cache = ChunkCache(artifact.image, backend.for_artifact(artifact), tmp_path / "cache")
         try:
@@ -79,9 +84,12 @@ def mounted_waiting(tmp_path: Path) -> Iterator[tuple[RafsOperations, dict[str, 
     yield from _mount(tmp_path, WaitingBackend)
 
 
-def _ino(ops: RafsOperations, name: str) -> int:
-    attrs = trio.run(ops.lookup, ops.ino(ops.image.root_nid), name.encode(), None)
-    return int(attrs.st_ino)
+def _ino(ops: RafsOperations, path: str) -> int:
+    """Look a path up as the kernel does, a component at a time."""
+    ino = ops.ino(ops.image.root_nid)
+    for name in path.split("/"):
+        ino = int(trio.run(ops.lookup, ino, name.encode(), None).st_ino)
+    return ino
 
 
 def _stream(ops: RafsOperations, ino: int, size: int, request: int = MIB) -> bytes:
@@ -212,3 +220,31 @@ def test_a_bug_in_one_request_fails_it_alone(
     [record] = [r for r in caplog.records if "internal error" in r.getMessage()]
     assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
     assert _read(ops, d, 0, FILES["d"]) == data["d"]  # the next request is served
+
+
+def _chunks(*sizes: int) -> int:
+    return sum(-(-size // MIB) for size in sizes)
+
+
+def test_a_directory_read_in_order_has_its_larger_files_fetched_ahead(
+    mounted: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted
+    for name in ("w/0", "w/1"):
+        assert _read(ops, _ino(ops, name), 0, 4096) == data[name]
+    assert _claimed(ops) == 2  # two files in order: not yet a walk
+    assert _read(ops, _ino(ops, "w/2"), 0, 4096) == data["w/2"]
+    # a walk: the files over 64 KiB ahead are fetched (w/3, w/5, w/7), the small ones not
+    assert _claimed(ops) == 3 + _chunks(WALKED["w/3"], WALKED["w/5"], WALKED["w/7"])
+    for name in ("w/3", "w/4", "w/5", "w/6", "w/7"):
+        assert _stream(ops, _ino(ops, name), WALKED[name])[: WALKED[name]] == data[name]
+    assert _claimed(ops) == _chunks(*WALKED.values())  # every chunk once: w/4, w/6 when read
+
+
+def test_files_read_out_of_order_fetch_nothing_ahead(
+    mounted: tuple[RafsOperations, dict[str, bytes]],
+) -> None:
+    ops, data = mounted
+    for name in ("w/7", "w/0", "w/6", "w/1", "w/4", "w/2"):  # a lazy start: back and forth
+        assert _read(ops, _ino(ops, name), 0, 4096) == data[name][:4096]
+    assert _claimed(ops) == 6

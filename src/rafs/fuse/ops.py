@@ -13,9 +13,8 @@ memory, or a `preadv` into one reply buffer); a read that lacks chunks has them 
 the cache's fetch threads (which also read ahead of a streamed file) and waits for them
 without blocking the loop, then answers the same way (small chunks a local blob has in the
 page cache are fetched on the loop at once: see `ChunkCache.request`). Only a read the cache
-could not keep (a tight `--cache-limit`) takes a worker thread. Read-ahead near the end of a
-streamed file goes on into the next file of its directory (`_spill_read_ahead`): a tree read
-file by file does not stall at the start of every file.
+could not keep (a tight `--cache-limit`) takes a worker thread. Every read is also reported
+to `rafs.fuse.readahead`, which fetches ahead across files when reads follow directory order.
 
 What `read` returns may be reused memory because pyfuse3 hands it (any buffer) to
 `fuse_reply_buf`, which copies it to the kernel, right after `read` returns and before
@@ -39,7 +38,8 @@ import trio
 
 from rafs.errors import RafsError
 from rafs.format.record import align_up
-from rafs.reader.chunkcache import STREAMING_READ, ChunkCache
+from rafs.fuse.readahead import DirectoryReadAhead
+from rafs.reader.chunkcache import ChunkCache
 from rafs.reader.image import DirEntry, RafsImage
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,6 @@ TIMEOUT = 30 * 86400.0
 NID0_INO = 1 << 48
 """Inode number of nid 0 (FUSE reserves inode 0), beyond any nid an image can have."""
 NAME_MAX = 255
-NEXT_FILE_SCAN = 16
-"""Entries after a streamed file searched for the next regular file of its directory."""
-MAX_PARENTS = 1 << 16
-"""Files whose directory is remembered (for `_next_file`)."""
 
 
 class RafsOperations(pyfuse3.Operations):
@@ -72,8 +68,7 @@ class RafsOperations(pyfuse3.Operations):
         self._names = lru_cache(maxsize=1 << 12)(self._load_names)
         self._xattrs = lru_cache(maxsize=1 << 12)(image.xattrs)
         self._reply = bytearray()  # see the module docstring
-        self._parents: dict[int, int] = {}  # nid -> nid of the directory it was found in
-        self._positions = lru_cache(maxsize=1 << 12)(self._load_positions)
+        self._files_ahead = DirectoryReadAhead(image, cache, self._entries)
 
     # -- inode numbers -----------------------------------------------------------------
 
@@ -115,14 +110,6 @@ class RafsOperations(pyfuse3.Operations):
     def _load_names(self, nid: int) -> dict[bytes, int]:
         return {entry.name: entry.nid for entry in self._entries(nid)}
 
-    def _load_positions(self, nid: int) -> dict[int, int]:
-        return {entry.nid: position for position, entry in enumerate(self._entries(nid))}
-
-    def _found_in(self, directory: int, nid: int) -> None:
-        if len(self._parents) >= MAX_PARENTS:
-            self._parents.clear()
-        self._parents[nid] = directory
-
     def _stat_dir(self, ino: int) -> int:
         nid = self.nid(ino)
         if not self.image.stat(nid).is_dir:
@@ -136,7 +123,7 @@ class RafsOperations(pyfuse3.Operations):
             child = nid if name == b"." else self._names(nid).get(name)
             if child is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            self._found_in(nid, child)
+            self._files_ahead.found_in(nid, child)
             return self._attrs(child)
 
     async def getattr(self, inode: int,
@@ -162,7 +149,7 @@ class RafsOperations(pyfuse3.Operations):
             entries: list[DirEntry] = self._entries(nid)
             for position in range(start_id, len(entries)):
                 entry = entries[position]
-                self._found_in(nid, entry.nid)
+                self._files_ahead.found_in(nid, entry.nid)
                 if not pyfuse3.readdir_reply(token, entry.name, self._attrs(entry.nid),
                                              position + 1):  # fmt: skip
                     return
@@ -217,40 +204,8 @@ class RafsOperations(pyfuse3.Operations):
                 data = self.cache.read_ready(nid, off, size, self._reply)
             if data is None:  # not kept in the cache, or evicted since
                 data = await trio.to_thread.run_sync(self.cache.read, nid, off, size)
-            if size >= STREAMING_READ:
-                self._spill_read_ahead(nid, off + size)
+            self._files_ahead.note_read(nid, off, size)
         return data
-
-    def _spill_read_ahead(self, nid: int, end: int) -> None:
-        """Carry a streaming read's read-ahead past the end of its file into the next one.
-
-        The cache fetches a window ahead of a file being streamed (`ChunkCache`). A tree
-        read file by file (cp -r, tar, any walk in readdir order, which for EROFS is name
-        order) opens the next regular file of the directory next: the part of the window
-        lying past this file's end goes to that file's first bytes, so fetching goes on
-        across file boundaries instead of stalling at each one. The spill is at most the
-        bytes streamed from this file so far (`end`): a mount that streams a few files
-        fetches at most that much again, and small files read in one request spill little.
-        """
-        spill = min(end, end + self.cache.readahead_window - self._attrs(nid).st_size)
-        if spill <= 0:
-            return
-        with contextlib.suppress(RafsError, OSError):  # that file's own read reports them
-            following = self._next_file(nid)
-            if following is not None:
-                self.cache.warm(following, spill)
-
-    def _next_file(self, nid: int) -> int | None:
-        """The regular file after `nid` in the directory it was found in, if near enough."""
-        directory = self._parents.get(nid)
-        if directory is None:
-            return None
-        entries = self._entries(directory)
-        start = self._positions(directory).get(nid, len(entries)) + 1
-        for entry in entries[start : start + NEXT_FILE_SCAN]:
-            if self.image.stat(entry.nid).is_reg:
-                return entry.nid
-        return None
 
 
 async def _settled(futures: Iterable[Future[Any]]) -> None:
