@@ -124,6 +124,8 @@ class DirectoryReadAhead:
             self._fetch_ahead(directory, walk)
 
     def _fetch_ahead(self, directory: int, walk: _Walk) -> None:
+        """Fetch the larger files after the walk's frontier until the walk has WALK_BYTES
+        or WALK_FILES fetched ahead of its reader (each file only once)."""
         entries = self._entries(directory)
         budget = WALK_BYTES - sum(size for _, size in walk.ahead)
         at = max(walk.frontier, walk.last) + 1
