@@ -58,8 +58,8 @@ class WaitingBackend(RecordingBackend):
     at_hand = False
 
 
-def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend
-           ) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:  # fmt: skip
+def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend,
+           limit: int | None = None) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:
     data = {name: os.urandom(size) for name, size in (FILES | WALKED).items()}
     entries: list[tuple[str, bytes | None, dict[str, object]]] = [("w", None, {})]
     entries += [(name, body, {}) for name, body in data.items()]
@@ -67,7 +67,8 @@ def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend
     with layer.open("wb") as out:
         pack(io.BytesIO(make_tar(entries)), out)
     with open_artifact(layer) as artifact:
-        cache = ChunkCache(artifact.image, backend.for_artifact(artifact), tmp_path / "cache")
+        cache = ChunkCache(artifact.image, backend.for_artifact(artifact), tmp_path / "cache",
+                           limit)  # fmt: skip
         try:
             yield RafsOperations(artifact.image, cache), data
         finally:
@@ -248,3 +249,18 @@ def test_files_read_out_of_order_fetch_nothing_ahead(
     for name in ("w/7", "w/0", "w/6", "w/1", "w/4", "w/2"):  # a lazy start: back and forth
         assert _read(ops, _ino(ops, name), 0, 4096) == data[name][:4096]
     assert _claimed(ops) == 6
+
+
+def test_a_walk_under_a_tight_cache_limit_fetches_no_further_than_its_window(
+    tmp_path: Path,
+) -> None:
+    mount = _mount(tmp_path, limit=8 * MIB)  # a read-ahead window of 2 MiB
+    ops, data = next(mount)
+    try:
+        assert ops.cache.readahead_window == 2 * MIB
+        for name in ("w/0", "w/1", "w/2"):
+            assert _read(ops, _ino(ops, name), 0, 4096) == data[name]
+        # w/3 (200 KiB) and the 1.8 MiB of w/5 that fit: w/7 is beyond the window
+        assert _claimed(ops) == 3 + _chunks(WALKED["w/3"], WALKED["w/5"])
+    finally:
+        mount.close()

@@ -14,7 +14,8 @@ on a wrong guess:
 - a directory walked in order: once WALK_RUN files of one directory have been read from
   their start, each a little further in the directory than the one before, the larger files
   ahead (over LARGE_FILE bytes: smaller ones are fetched when read, at hand, without a fetch
-  thread) are fetched up to WALK_BYTES and WALK_FILES ahead of the reader.
+  thread) are fetched up to WALK_BYTES (at most the cache's read-ahead window) and WALK_FILES
+  ahead of the reader.
 
 A lazy start reads few files, rarely in name order: it triggers neither, or little.
 A file's directory is the one it was last looked up or listed in (hard links have several).
@@ -125,9 +126,11 @@ class DirectoryReadAhead:
 
     def _fetch_ahead(self, directory: int, walk: _Walk) -> None:
         """Fetch the larger files after the walk's frontier until the walk has WALK_BYTES
-        or WALK_FILES fetched ahead of its reader (each file only once)."""
+        (less under a tight cache limit: the cache's read-ahead window) or WALK_FILES
+        fetched ahead of its reader (each file only once)."""
         entries = self._entries(directory)
-        budget = WALK_BYTES - sum(size for _, size in walk.ahead)
+        window = min(WALK_BYTES, self.cache.readahead_window)
+        budget = window - sum(size for _, size in walk.ahead)
         at = max(walk.frontier, walk.last) + 1
         stop = min(len(entries), at + WALK_SCAN)
         while at < stop and budget > 0 and len(walk.ahead) < WALK_FILES:
