@@ -12,10 +12,10 @@ on a wrong guess:
   the next regular file of its directory, but never more than the bytes already streamed
   from this one;
 - a directory walked in order: once WALK_RUN files of one directory have been read from
-  their start, each a little further in the directory than the one before, the larger files
-  ahead (over LARGE_FILE bytes: smaller ones are fetched when read, at hand, without a fetch
-  thread) are fetched up to WALK_BYTES (at most the cache's read-ahead window) and WALK_FILES
-  ahead of the reader.
+  their start, each a little further in the directory than the one before, the files ahead
+  are fetched, up to WALK_BYTES (at most the cache's read-ahead window) and WALK_FILES ahead
+  of the reader, in batches (small files share a fetch job, and files adjacent in their blob
+  one backend request: one HTTP request for a registry).
 
 A lazy start reads few files, rarely in name order: it triggers neither, or little.
 A file's directory is the one it was last looked up or listed in (hard links have several).
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from rafs.errors import RafsError
-from rafs.reader.chunkcache import INLINE_FETCH, STREAMING_READ, ChunkCache
+from rafs.reader.chunkcache import STREAMING_READ, ChunkCache
 from rafs.reader.image import DirEntry, RafsImage
 
 NEXT_FILE_SCAN = 16
@@ -44,7 +44,6 @@ WALK_BYTES = 8 << 20
 WALK_FILES = 32
 WALK_SCAN = 256
 """Entries a read may scan for files to fetch ahead of a walk (the rest at later reads)."""
-LARGE_FILE = INLINE_FETCH
 MAX_PARENTS = 1 << 16
 """Files whose directory is remembered."""
 MAX_WALKS = 1 << 10
@@ -101,7 +100,7 @@ class DirectoryReadAhead:
             return
         following = self._next_file(directory, self._positions(directory).get(nid))
         if following is not None:
-            self.cache.warm(self._entries(directory)[following].nid, spill)
+            self.cache.warm([(self._entries(directory)[following].nid, spill)])
 
     def _first_read(self, nid: int) -> None:
         """`nid` is read from its start: note the walk, and fetch ahead of one."""
@@ -125,23 +124,28 @@ class DirectoryReadAhead:
             self._fetch_ahead(directory, walk)
 
     def _fetch_ahead(self, directory: int, walk: _Walk) -> None:
-        """Fetch the larger files after the walk's frontier until the walk has WALK_BYTES
-        (less under a tight cache limit: the cache's read-ahead window) or WALK_FILES
-        fetched ahead of its reader (each file only once)."""
-        entries = self._entries(directory)
+        """Once less than half of WALK_BYTES (at most the cache's read-ahead window) or of
+        WALK_FILES is fetched ahead of the walk's reader, fetch the files after the walk's
+        frontier until both are full again, in one batch (each file only once)."""
         window = min(WALK_BYTES, self.cache.readahead_window)
         budget = window - sum(size for _, size in walk.ahead)
+        if 2 * budget < window and 2 * len(walk.ahead) >= WALK_FILES:
+            return
+        entries = self._entries(directory)
         at = max(walk.frontier, walk.last) + 1
         stop = min(len(entries), at + WALK_SCAN)
+        files = []
         while at < stop and budget > 0 and len(walk.ahead) < WALK_FILES:
-            st = self.image.stat(entries[at].nid)
-            if st.is_reg and st.size > LARGE_FILE:
+            nid = entries[at].nid
+            st = self.image.stat(nid)
+            if st.is_reg and st.size:
                 size = min(st.size, budget)
-                self.cache.warm(entries[at].nid, size)
+                files.append((nid, size))
                 walk.ahead.append((at, size))
                 budget -= size
             at += 1
         walk.frontier = at - 1
+        self.cache.warm(files)
 
     def _next_file(self, directory: int, position: int | None) -> int | None:
         """The position of the next non-empty regular file after `position` in a directory,

@@ -202,38 +202,55 @@ class ChunkCache:
         cache limit when that is less."""
         return READAHEAD_BYTES if self.limit is None else min(READAHEAD_BYTES, self.limit // 4)
 
-    def warm(self, nid: int, size: int) -> None:
-        """Fetch the chunks of a file's first `size` bytes in the background (at most the
-        read-ahead window): the read-ahead of a stream expected to start there."""
-        self._read_ahead(nid, 0, min(align_up(size, self.image.chunk_size), self.readahead_window))
+    def warm(self, files: Iterable[tuple[int, int]]) -> None:
+        """Fetch in the background the chunks of the first `size` bytes of each (nid, size)
+        (at most the read-ahead window of each): files expected to be read next. Chunks of
+        several small files share a job, and adjacent ones one backend read."""
+        chunk_size, window = self.image.chunk_size, self.readahead_window
+        infos: list[ChunkInfo] = []
+        for nid, size in files:
+            infos += self._not_ahead_yet(nid, 0, min(align_up(size, chunk_size), window))
+        self._fetch_in_background(infos)
 
-    def _read_ahead(self, nid: int, end: int, window: int | None = None) -> None:
-        """Fetch in the background the chunks of `nid` in the `window` (default: the
-        read-ahead window) after byte `end` of a streaming read not yet under way, in jobs
-        of READAHEAD_JOB."""
+    def _read_ahead(self, nid: int, end: int) -> None:
+        """Fetch in the background the read-ahead window of `nid` after byte `end` of a
+        streaming read, what of it is not under way yet."""
+        following = align_up(end, self.image.chunk_size)
+        self._fetch_in_background(self._not_ahead_yet(nid, following, self.readahead_window))
+
+    def _not_ahead_yet(self, nid: int, start: int, size: int) -> list[ChunkInfo]:
+        """The chunks of file bytes [start, start+size) (whole chunks from `start`, a chunk
+        boundary) not read ahead before, now counted as read ahead; [] where they are bad
+        (the read that needs them reports it)."""
         chunk_size = self.image.chunk_size
-        count = (self.readahead_window if window is None else window) // chunk_size
-        if count == 0:
-            return
         total = (self.image.stat(nid).size + chunk_size - 1) // chunk_size
-        following = (end + chunk_size - 1) // chunk_size
+        first = start // chunk_size
         with self._lock:
-            reached = self._ahead.get(nid, 0)
-            start, stop = max(reached, following), min(total, following + count)
-            if start >= stop:
-                return
+            begin = max(self._ahead.get(nid, 0), first)
+            stop = min(total, first + size // chunk_size)
+            if begin >= stop:
+                return []
             if len(self._ahead) >= MAX_STREAMS:
                 self._ahead.clear()
             self._ahead[nid] = stop
-        per_job = max(1, READAHEAD_JOB // chunk_size)
         try:
-            infos = self._checked_chunks(nid, start, stop)
+            return self._checked_chunks(nid, begin, stop)
         except FormatError:
-            return  # the read that needs them reports it
-        for at in range(0, len(infos), per_job):
-            mine, _ = self._claim(infos[at : at + per_job])
-            if mine:
-                self._submit(mine)
+            return []
+
+    def _fetch_in_background(self, infos: list[ChunkInfo]) -> None:
+        """Claim chunks and fetch them on the fetch threads, in jobs of about READAHEAD_JOB
+        bytes: enough jobs to keep every thread busy, few enough to be cheap."""
+        job: list[ChunkInfo] = []
+        size = 0
+        for count, info in enumerate(infos, 1):
+            job.append(info)
+            size += info.uncompressed_size
+            if size >= READAHEAD_JOB or count == len(infos):
+                mine, _ = self._claim(job)
+                if mine:
+                    self._submit(mine)
+                job, size = [], 0
 
     def _submit(self, claim: _Claim) -> None:
         job = self._pool.submit(self._fetch_claimed, claim, False)
