@@ -266,3 +266,26 @@ def test_a_walk_under_a_tight_cache_limit_fetches_no_further_than_its_window(
         assert _claimed(ops) == 3 + _chunks(WALKED["w/3"], WALKED["w/4"], WALKED["w/5"])
     finally:
         mount.close()
+
+
+class RemoteLikeBackend(WaitingBackend):
+    """Bytes never at hand, and a request worth 128 KiB: as a registry."""
+
+    amplify_io = 128 << 10
+
+
+def test_a_fetch_takes_the_chunks_stored_after_it_up_to_amplify_io(tmp_path: Path) -> None:
+    mount = _mount(tmp_path, RemoteLikeBackend)
+    ops, data = next(mount)
+    try:
+        assert ops.cache.amplify_io == 128 << 10
+        assert _read(ops, _ino(ops, "w/1"), 0, 4096) == data["w/1"]
+        # w/1 and w/2 (1000 bytes each, stored next) in one read; w/3 (200 KiB) does not fit
+        assert _claimed(ops) == 2
+        assert [how for how, _ in _reads(ops)] == ["nowait", "wait"]
+        assert _read(ops, _ino(ops, "w/2"), 0, 4096) == data["w/2"]  # fetched along
+        assert _read(ops, _ino(ops, "w/0"), 0, 4096) == data["w/0"]  # w/1 after it is cached
+        assert _claimed(ops) == 3
+        assert [how for how, _ in _reads(ops)] == ["nowait", "wait"] * 2
+    finally:
+        mount.close()

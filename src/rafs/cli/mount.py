@@ -57,6 +57,9 @@ def register(commands: Any) -> None:
     add("--cache-dir", type=Path, help="chunk cache kept across mounts (default: temporary)")
     add("--cache-limit", type=_size, metavar="SIZE",
         help="largest cache size, e.g. 512M; least recently used chunks go")  # fmt: skip
+    add("--amplify-io", type=_size, metavar="SIZE",
+        help="stored bytes each fetch takes at least, adding the chunks that follow in the "
+             "blob (default: 128K from a registry, 0 from local blobs)")  # fmt: skip
     add("--foreground", action="store_true", help="serve in this process")
     add("--prefetch", nargs="*", metavar="PATH",
         help="fetch the image's prefetch table (or PATHs) in the background")  # fmt: skip
@@ -161,7 +164,7 @@ def _server(image: RafsImage, make_backend: BackendFactory, fsname: str,
         backend = make_backend()
         pid_file = state_path(mountpoint, ".pid")
         try:
-            cache = ChunkCache(image, backend, directory, args.cache_limit)
+            cache = ChunkCache(image, backend, directory, args.cache_limit, args.amplify_io)
             try:
                 mount = FuseMount(image, cache, mountpoint, stats)
                 mount.start(fsname)

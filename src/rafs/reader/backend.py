@@ -37,6 +37,10 @@ from rafs.reader.image import RafsImage
 class BlobBackend(Protocol):
     """Ranged reads of stored blob bytes, by blob id."""
 
+    amplify_io: int
+    """Stored bytes worth fetching in one read when less is asked for (the cache adds the
+    chunks that follow): what a request costs beyond its bytes. 0 for local files."""
+
     def read_range(self, blob_id: str, offset: int, size: int) -> bytes:
         """Exactly `size` stored bytes of blob `blob_id` from `offset`; raises a RafsError."""
         ...
@@ -55,6 +59,8 @@ class BlobBackend(Protocol):
 
 class LocalBackend:
     """Blobs as local files, found by `locate(blob_id)` and read with `pread`."""
+
+    amplify_io = 0  # a read costs its bytes only
 
     def __init__(self, locate: Callable[[str], Path]) -> None:
         self._locate = locate
