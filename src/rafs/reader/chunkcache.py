@@ -230,6 +230,8 @@ class ChunkCache:
                 end += info.compressed_size
         return self._claim(following)[0]
 
+    # -- fetching ahead of reads -----------------------------------------------------------
+
     @property
     def readahead_window(self) -> int:
         """How far a streaming read fetches ahead: READAHEAD_BYTES, or a quarter of a
