@@ -23,16 +23,24 @@ it out, blobs read with HTTP Range requests; `rafs mount docker://... --plain-ht
 manifest and bootstrap are fetched at mount time, so the figure is one chunk's round trip:
 FUSE lookup and open, one Range request, decompression and digest check. Best of N rounds.
 
+Container start (debian): each of START_COMMANDS run in a chroot of a fresh mount of the
+registry image, cache empty, page cache dropped, once with `--amplify-io 0` (one request
+per chunk fetch) and once with the default (each fetch takes the chunks stored after it, up
+to 128 KiB): seconds, Range requests and the share of blob bytes fetched, and the time ratio.
+
 The machine's load average is printed with the results: on a shared machine, compare the
 ratios of one run rather than figures of different runs. Needs root (drop_caches, kernel
 mounts). Run from the repository root:
-`.venv/bin/python bench/mount.py [--rounds N] [--work DIR] [--input debian|large]`.
+`.venv/bin/python bench/mount.py [--rounds N] [--work DIR] [--input debian|large]
+[--registry-only]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -40,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +59,11 @@ MIB = 1 << 20
 LARGE = MIB
 TARGET = 0.40
 MODES = ("dir", "kernel", "fuse")
+START_COMMANDS = (
+    "ls / && cat /etc/os-release",
+    "apt-get --version && perl -e 'use File::Temp' && dpkg -l",
+)
+"""Container starts timed from the registry (Debian input)."""
 
 
 @dataclass
@@ -159,11 +173,11 @@ def measure(mode: str, layer: Path, extracted: Path, scratch: Path) -> Result:
         _run(*RAFS, "umount", mnt)
 
 
-def bench(name: str, work: Path, rounds: int, ttfb_only: bool = False) -> None:
+def bench(name: str, work: Path, rounds: int, registry_only: bool = False) -> None:
     layer, extracted = prepare(name, work)
-    if ttfb_only:
+    if registry_only:
         print(f"\n{name}:")
-        bench_ttfb(name, layer, extracted, rounds)
+        bench_registry(name, layer, extracted, rounds)
         return
     best: dict[str, Result] = {}
     load_before = os.getloadavg()[0]
@@ -193,7 +207,7 @@ def bench(name: str, work: Path, rounds: int, ttfb_only: bool = False) -> None:
         print(f", {large:.2f} on files >= 1 MiB ({verdict} the {TARGET:.0%} target)")
     else:
         print()
-    bench_ttfb(name, layer, extracted, rounds)
+    bench_registry(name, layer, extracted, rounds)
 
 
 def small_file(root: Path, size: int = 1024) -> Path | None:
@@ -226,11 +240,10 @@ def first_byte(image: str | Path, relative: Path, scratch: Path, *options: str) 
         _run(*RAFS, "umount", mnt)
 
 
-def bench_ttfb(name: str, layer: Path, extracted: Path, rounds: int) -> None:
-    relative = small_file(extracted)
-    if relative is None:
-        print(f"  time to first byte: no file of about 1 KiB in {name}")
-        return
+@contextlib.contextmanager
+def registry_image(layer: Path) -> Iterator[str]:
+    """The layer pushed to a local docker-registry as a Nydus image (as nydus-snapshotter
+    lays it out): its reference, while the registry runs."""
     sys.path.insert(0, str(REPO))
     from rafs.digest import Digest
     from tests.support.nydus_image import compose_nydus_image, push
@@ -238,17 +251,62 @@ def bench_ttfb(name: str, layer: Path, extracted: Path, rounds: int) -> None:
 
     digest = Digest.from_hex(hashlib.sha256(layer.read_bytes()).hexdigest())
     image = compose_nydus_image([(layer, digest)])
-    with tempfile.TemporaryDirectory(prefix="rafs-bench-ttfb-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="rafs-bench-registry-") as tmp,
+          start_registry(Path(tmp) / "registry") as registry):  # fmt: skip
+        yield push(image, registry.host, "bench/mount", "v1")
+
+
+def bench_registry(name: str, layer: Path, extracted: Path, rounds: int) -> None:
+    """Time to first byte, local and from the registry; for the Debian input also a
+    container's start from the registry with `--amplify-io 0` against the default."""
+    relative = small_file(extracted)
+    with registry_image(layer) as ref, tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        with start_registry(scratch / "registry") as registry:
-            ref = push(image, registry.host, "bench/ttfb", "v1")
+        if relative is None:
+            print(f"  time to first byte: no file of about 1 KiB in {name}")
+        else:
             local = min(first_byte(layer, relative, scratch) for _ in range(rounds))
             remote = min(first_byte(ref, relative, scratch, "--plain-http")
                          for _ in range(rounds))  # fmt: skip
-    size = (extracted / relative).stat().st_size
-    print(f"  time to first byte of /{relative} ({size} bytes), cold cache, best of {rounds}: "
-          f"local blob {local * 1000:.1f} ms, registry {remote * 1000:.1f} ms "
-          f"({remote / local:.1f}x)")  # fmt: skip
+            size = (extracted / relative).stat().st_size
+            print(f"  time to first byte of /{relative} ({size} bytes), cold cache, best of "
+                  f"{rounds}: local blob {local * 1000:.1f} ms, registry {remote * 1000:.1f} ms "
+                  f"({remote / local:.1f}x)")  # fmt: skip
+        if name == "debian":
+            for command in START_COMMANDS:
+                bench_start(ref, command, scratch, rounds)
+
+
+def bench_start(ref: str, command: str, scratch: Path, rounds: int) -> None:
+    """A command run in a chroot of a fresh registry mount, cold, by --amplify-io."""
+    print(f"  start from the registry: {command!r}, best of {rounds}")
+    seconds: dict[str, float] = {}
+    for amplify in ("0", "default"):
+        options = ("--plain-http",) + (("--amplify-io", amplify) if amplify == "0" else ())
+        runs = [start(ref, command, scratch, *options) for _ in range(rounds)]
+        took, stats = min(runs, key=lambda run: run[0])
+        seconds[amplify] = took
+        share = stats["bytes_fetched"] / stats["blob_bytes"]
+        print(f"    --amplify-io {amplify:8} {took * 1000:6.0f} ms, {stats['requests']:4} "
+              f"requests, {share:6.2%} of the blob bytes")  # fmt: skip
+    print(f"    default/0: {seconds['default'] / seconds['0']:.2f} of the time")
+
+
+def start(ref: str, command: str, scratch: Path, *options: str) -> tuple[float, dict[str, int]]:
+    """(seconds, mount statistics) of `command` in a chroot of a fresh mount, cache empty."""
+    mnt, cache, stats = scratch / "start-mnt", scratch / "start-cache", scratch / "stats.json"
+    mnt.mkdir(exist_ok=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    _run(*RAFS, "mount", ref, mnt, "--cache-dir", cache, "--stats", stats, *options)
+    try:
+        drop_caches()
+        begin = time.perf_counter()
+        subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", command], check=True,
+                       capture_output=True)  # fmt: skip
+        took = time.perf_counter() - begin
+    finally:
+        _run(*RAFS, "umount", mnt)
+    return took, json.loads(stats.read_text())
 
 
 def _ratio(a: Result, b: Result) -> float:
@@ -260,13 +318,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rafs-bench")
     parser.add_argument("--input", choices=("debian", "large"), action="append")
-    parser.add_argument("--ttfb-only", action="store_true",
-                        help="measure only the time to first byte (local blob vs registry)")
+    parser.add_argument("--registry-only", action="store_true",
+                        help="measure only the time to first byte and the registry start")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/mount.py needs root (drop_caches and kernel mounts)")
     for name in args.input or ("large", "debian"):
-        bench(name, args.work / "mount", args.rounds, args.ttfb_only)
+        bench(name, args.work / "mount", args.rounds, args.registry_only)
 
 
 if __name__ == "__main__":
