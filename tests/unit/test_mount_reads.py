@@ -8,6 +8,7 @@ serve are checked against the source.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -58,6 +59,7 @@ class WaitingBackend(RecordingBackend):
     at_hand = False
 
 
+@contextlib.contextmanager
 def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend,
            limit: int | None = None) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:
     data = {name: os.urandom(size) for name, size in (FILES | WALKED).items()}
@@ -77,12 +79,14 @@ def _mount(tmp_path: Path, backend: type[RecordingBackend] = RecordingBackend,
 
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:
-    yield from _mount(tmp_path)
+    with _mount(tmp_path) as mount:
+        yield mount
 
 
 @pytest.fixture
 def mounted_waiting(tmp_path: Path) -> Iterator[tuple[RafsOperations, dict[str, bytes]]]:
-    yield from _mount(tmp_path, WaitingBackend)
+    with _mount(tmp_path, WaitingBackend) as mount:
+        yield mount
 
 
 def _ino(ops: RafsOperations, path: str) -> int:
@@ -256,16 +260,12 @@ def test_files_read_out_of_order_fetch_nothing_ahead(
 def test_a_walk_under_a_tight_cache_limit_fetches_no_further_than_its_window(
     tmp_path: Path,
 ) -> None:
-    mount = _mount(tmp_path, limit=8 * MIB)  # a read-ahead window of 2 MiB
-    ops, data = next(mount)
-    try:
+    with _mount(tmp_path, limit=8 * MIB) as (ops, data):  # a read-ahead window of 2 MiB
         assert ops.cache.readahead_window == 2 * MIB
         for name in ("w/0", "w/1", "w/2"):
             assert _read(ops, _ino(ops, name), 0, 4096) == data[name]
         # w/3 (200 KiB), w/4 and the 1.8 MiB of w/5 that fit: w/6, w/7 are beyond it
         assert _claimed(ops) == 3 + _chunks(WALKED["w/3"], WALKED["w/4"], WALKED["w/5"])
-    finally:
-        mount.close()
 
 
 class RemoteLikeBackend(WaitingBackend):
@@ -275,9 +275,7 @@ class RemoteLikeBackend(WaitingBackend):
 
 
 def test_a_fetch_takes_the_chunks_stored_after_it_up_to_amplify_io(tmp_path: Path) -> None:
-    mount = _mount(tmp_path, RemoteLikeBackend)
-    ops, data = next(mount)
-    try:
+    with _mount(tmp_path, RemoteLikeBackend) as (ops, data):
         assert ops.cache.amplify_io == 128 << 10
         assert _read(ops, _ino(ops, "w/1"), 0, 4096) == data["w/1"]
         # w/1 and w/2 (1000 bytes each, stored next) in one read; w/3 (200 KiB) does not fit
@@ -287,5 +285,3 @@ def test_a_fetch_takes_the_chunks_stored_after_it_up_to_amplify_io(tmp_path: Pat
         assert _read(ops, _ino(ops, "w/0"), 0, 4096) == data["w/0"]  # w/1 after it is cached
         assert _claimed(ops) == 3
         assert [how for how, _ in _reads(ops)] == ["nowait", "wait"] * 2
-    finally:
-        mount.close()
