@@ -76,6 +76,26 @@ def test_lazy_mount_reads_as_source_with_range_requests(
     assert result["corrupt_chunks"] == 0
 
 
+def test_a_mount_connects_before_serving_so_a_first_read_is_one_request(
+    rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
+    entry_image: BuiltImage, tmp_path: Path,
+) -> None:  # fmt: skip
+    push(entry_image, registry.host, "lazy/connect", "v1")
+    [(_, blob)] = entry_image.blobs
+    with start_fault_proxy(registry.host, Faults()) as proxy:
+        ref = f"docker://{proxy.host}/lazy/connect:v1"
+        with rafs_mount(rafs, ref, tmp_path / "mnt", "--plain-http") as mnt:
+            mounted = len(proxy.seen)
+            # the serving process asked for the blob layer's size before it served (with
+            # a token registry, that is also when its pull token is fetched)
+            assert ("HEAD", f"/v2/lazy/connect/blobs/{blob.digest}") in [
+                (seen.method, seen.path) for seen in proxy.seen]  # fmt: skip
+            small = "files/small.txt"
+            assert (mnt / small).read_bytes() == (entry_tree / small).read_bytes()
+            first_read = proxy.seen[mounted:]
+    assert [(seen.method, "Range" in seen.headers) for seen in first_read] == [("GET", True)]
+
+
 def test_corrupt_chunk_on_the_registry_fails_only_its_reads(
     rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
     entry_image: BuiltImage, tmp_path: Path,

@@ -164,6 +164,10 @@ def _server(image: RafsImage, make_backend: BackendFactory, fsname: str,
         backend = make_backend()
         pid_file = state_path(mountpoint, ".pid")
         try:
+            try:
+                backend.connect()
+            except (RafsError, OSError) as exc:
+                log.warning("%s: not connected yet (reads will try again): %s", fsname, exc)
             cache = ChunkCache(image, backend, directory, args.cache_limit, args.amplify_io)
             try:
                 mount = FuseMount(image, cache, mountpoint, stats)

@@ -54,6 +54,11 @@ class BlobBackend(Protocol):
         else False, `buffer` left undefined."""
         ...
 
+    def connect(self) -> None:
+        """Get ready for a first read to be quick (open a connection, authenticate); raises
+        a RafsError or OSError if that fails (reads would try again)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -118,6 +123,9 @@ class LocalBackend:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 return False
             raise
+
+    def connect(self) -> None:
+        """Nothing to do: a blob file is opened on first use."""
 
     def _open_range(self, blob_id: str, offset: int, size: int) -> tuple[int, Path]:
         """The open blob file and its path, once [offset, +size) is known to lie inside it."""
