@@ -21,8 +21,10 @@ hand in the backend (`read_into_nowait`: a local blob in the page cache) is fetc
 than the fetch (about 0.3 ms of the 0.5 ms a small file took here). A read of at least
 STREAMING_READ bytes (the kernel reading ahead: a file read sequentially) also has the
 chunks after it, up to READAHEAD_BYTES of the file, fetched in the background, so the
-kernel's next requests find them ready. `read` is the blocking path for any other thread;
-`fetch` fills the cache (prefetch, `--kernel`).
+kernel's next requests find them ready. A fetch for a read also takes the chunks stored
+right after it in the blob, up to `amplify_io` stored bytes in all (the backend's choice: 0
+for local files, 128 KiB for a registry, where a request is a round trip). `read` is the
+blocking path for any other thread; `fetch` fills the cache (prefetch, `--kernel`).
 
 Fetch threads read stored bytes and decompress into per-thread buffers they reuse (no
 allocation and copy per chunk); zstd, BLAKE3, SHA-256 and file I/O release the GIL, so
@@ -201,6 +203,8 @@ class ChunkCache:
             self._read_ahead(nid, offset + size)
         return [*theirs.values(), *(future for _, future in mine.values())]
 
+    # -- fetching ahead of reads -----------------------------------------------------------
+
     def _amplified(self, claim: _Claim) -> _Claim:
         """Claim the chunks stored right after the last chunk of a claim, in its blob, up to
         `amplify_io` stored bytes for the claim in all, stopping at one already cached or
@@ -229,8 +233,6 @@ class ChunkCache:
                 budget -= info.compressed_size
                 end += info.compressed_size
         return self._claim(following)[0]
-
-    # -- fetching ahead of reads -----------------------------------------------------------
 
     @property
     def readahead_window(self) -> int:
