@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -183,6 +185,30 @@ def test_small_cache_limit_evicts_and_stays_correct(
     result = json.loads(stats.read_text())
     assert result["evicted_chunks"] > 0
     assert result["cache_bytes"] <= limit
+
+
+@pytest.mark.parametrize("limit", [None, "2M"])
+def test_concurrent_readers_get_the_source_bytes(
+    rafs: RafsRunner, entry_tree: Path, entry_tar: Path, tmp_path: Path, limit: str | None
+) -> None:
+    """Six readers at once, each through the whole tree in its own order (forwards, which
+    starts directory walks; backwards; shuffled), on a cold cache: small fetches on the
+    event loop, fetch threads, read-ahead across files and (with a limit) eviction all run
+    at the same time."""
+    bootstrap, blobs = _split_image(rafs, entry_tar, tmp_path)
+    expected = {p.relative_to(entry_tree): sha256_of(p) for p in regular_files(entry_tree)}
+    orders = [sorted(expected), sorted(expected, reverse=True)]
+    orders += [random.Random(seed).sample(sorted(expected), len(expected)) for seed in range(4)]
+    options = ["--blob-dir", blobs, "--cache-dir", tmp_path / "cache"]
+    options += ["--cache-limit", limit] if limit else []
+    with rafs_mount(rafs, bootstrap, tmp_path / "mnt", *options) as mnt:
+
+        def read_all(order: list[Path]) -> dict[Path, str]:
+            return {relative: sha256_of(mnt / relative) for relative in order}
+
+        with ThreadPoolExecutor(len(orders)) as readers:
+            for seen in readers.map(read_all, orders):
+                assert seen == expected
 
 
 def test_sigterm_unmounts_and_writes_stats(
