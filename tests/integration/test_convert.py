@@ -122,6 +122,30 @@ def test_registry_to_registry(
     _equals_umoci(umoci_image, _mounted_tree(tmp_path / "out", "nydus", rafs, tmp_path))
 
 
+def test_blobs_already_in_another_repository_of_the_registry_are_mounted_not_uploaded(
+    umoci_image: UmociImage, registry: Registry, rafs: RafsRunner, tmp_path: Path
+) -> None:
+    source, store = f"oci:{umoci_image.layout}:{TAG}", tmp_path / "store"
+    with start_fault_proxy(registry.host, Faults()) as proxy:
+        rafs("convert", source, f"docker://{proxy.host}/rafs/first:nydus", "--plain-http",
+             "--store", store)  # fmt: skip
+        first = len(proxy.seen)
+        rafs("convert", source, f"docker://{proxy.host}/rafs/second:nydus", "--plain-http",
+             "--store", store)  # fmt: skip
+        second = proxy.seen[first:]
+    target = f"docker://{registry.host}/rafs/second:nydus"
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", target, tmpdir=tmp_path))
+    blobs = {entry["digest"] for entry in (raw["config"], *raw["layers"])}
+    mounts = {seen.path for seen in second if seen.method == "POST" and "mount=" in seen.path}
+    assert {path.split("mount=")[1].split("&")[0].replace("%3A", ":") for path in mounts} == blobs
+    assert all("from=rafs%2Ffirst" in path for path in mounts)
+    assert not [seen for seen in second if seen.method in ("PATCH", "PUT")
+                and "/blobs/uploads/" in seen.path]  # nothing uploaded  # fmt: skip
+    rafs("check", target, "--plain-http")  # the mounted image reads whole
+    labels = LocalStore(store).info(next(iter(blobs))).labels
+    assert labels[f"containerd.io/distribution.source.{proxy.host}"] == "rafs/first,rafs/second"
+
+
 def test_two_platform_index(umoci_image: UmociImage, rafs: RafsRunner, tmp_path: Path) -> None:
     """An index of two platforms (the umoci image, its config relabelled arm64) converts to
     an index of the same two platforms, each a Nydus image; `--platform` picks one."""

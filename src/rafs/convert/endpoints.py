@@ -6,21 +6,35 @@ Both give the same five operations, so conversion never asks which it has:
     read_document(desc)            a manifest, index or config (at most 4 MiB), verified
     fetch_into(desc, store)        a blob into the content store, verified before commit
                                    (nothing is fetched when the store has it)
-    push_blob(desc, store)         a blob from the store, unless the target has it
+    push_blob(desc, store)         a blob from the store, unless the target has it (a
+                                   registry may mount it from another of its repositories)
     push_manifest(document, tag)   a manifest or index, after every blob it names; tagged
                                    (None: the reference's own), or as a child of an index
                                    (`child=True`: stored by digest only)
+
+A blob pushed to a registry repository gets containerd's distribution-source label in the
+store, `containerd.io/distribution.source.<registry>` = the repositories it is known to be in
+(comma-separated, as containerd's own fetches write it). Before uploading a blob, a push to
+the same registry first asks to mount it from those repositories: converting many images
+that share a base layer into their own repositories uploads that layer's Nydus blob once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import BinaryIO, Protocol, cast
 
-from rafs.content import BlobTarget, Store, as_file, exists, open_writer, write_blob
-from rafs.errors import InvalidArgument
+from rafs.content import BlobTarget, Info, Store, as_file, exists, open_writer, write_blob
+from rafs.errors import InvalidArgument, RafsError
 from rafs.oci import Descriptor, Index, Manifest, OCILayout, Reference
 from rafs.oci.constants import MAX_MANIFEST_SIZE
 from rafs.registry import Credentials, RegistryClient, Repository
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
+"""containerd's label prefix: `<prefix><registry host>` lists the repositories holding a blob."""
 
 
 class ImageEndpoint(Protocol):
@@ -78,13 +92,16 @@ class LayoutEndpoint:
 
 
 class RegistryEndpoint:
-    """A repository of a registry; the reference's tag or digest selects the image."""
+    """A repository of a registry; the reference's tag or digest selects the image.
+    `registry` is the registry's name in references (the distribution-source label's)."""
 
-    def __init__(self, client: RegistryClient, repository: Repository, reference: str) -> None:
+    def __init__(self, client: RegistryClient, repository: Repository, reference: str,
+                 registry: str) -> None:  # fmt: skip
         self.client = client
         self.repository = repository
         self.reference = reference
         self.name = repository.what(reference)
+        self._source_label = DISTRIBUTION_SOURCE + registry
 
     def resolve(self) -> tuple[Descriptor, bytes]:
         return self.repository.get_manifest(self.reference)
@@ -102,10 +119,42 @@ class RegistryEndpoint:
             self.repository.fetch_blob(desc, writer)
 
     def push_blob(self, desc: Descriptor, store: Store) -> None:
-        if self.repository.has_blob(desc.digest):
+        sources = self._sources(store, desc)
+        if not self.repository.has_blob(desc.digest) and not self._mounted(desc, sources):
+            with store.reader_at(desc.digest) as reader:
+                self.repository.push_blob(as_file(reader), desc)
+        self._note_source(store, desc, sources)
+
+    def _sources(self, store: Store, desc: Descriptor) -> list[str]:
+        """The repositories of this registry the store's label says hold the blob."""
+        try:
+            value = store.info(desc.digest).labels.get(self._source_label, "")
+        except RafsError:
+            return []
+        return [name for name in value.split(",") if name]
+
+    def _mounted(self, desc: Descriptor, sources: list[str]) -> bool:
+        """Whether the registry mounted the blob from one of `sources` (no upload needed)."""
+        for source in sources:
+            if source == self.repository.name:
+                continue  # a stale label: it is not there
+            try:
+                if self.repository.mount_blob(desc.digest, source):
+                    log.info("%s: mounted from %s", self.repository.what(desc.digest), source)
+                    return True
+            except RafsError as exc:  # e.g. no pull access there: upload it instead
+                log.info("%s: no mount from %s: %s", self.repository.what(desc.digest),
+                         source, exc)  # fmt: skip
+        return False
+
+    def _note_source(self, store: Store, desc: Descriptor, sources: list[str]) -> None:
+        """Add this repository to the blob's distribution-source label (best effort)."""
+        if self.repository.name in sources:
             return
-        with store.reader_at(desc.digest) as reader:
-            self.repository.push_blob(as_file(reader), desc)
+        value = ",".join(sorted({*sources, self.repository.name}))
+        with contextlib.suppress(RafsError):  # a label too long, or a store gone read-only
+            store.update(Info(desc.digest, labels={self._source_label: value}),
+                         f"labels.{self._source_label}")  # fmt: skip
 
     def push_manifest(self, document: Manifest | Index, *, child: bool = False) -> Descriptor:
         reference = str(document.digest()) if child else self.reference
@@ -124,4 +173,5 @@ def open_endpoint(reference: Reference, *, plain_http: bool = False, create: boo
         return LayoutEndpoint(layout, reference.tag)
     assert reference.registry is not None and reference.repository is not None
     client = RegistryClient(reference.api_host, plain_http=plain_http, credentials=credentials)
-    return RegistryEndpoint(client, client.repository(reference.repository), reference.name)
+    return RegistryEndpoint(client, client.repository(reference.repository), reference.name,
+                            reference.registry)  # fmt: skip
