@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -94,6 +95,27 @@ def test_a_mount_connects_before_serving_so_a_first_read_is_one_request(
             assert (mnt / small).read_bytes() == (entry_tree / small).read_bytes()
             first_read = proxy.seen[mounted:]
     assert [(seen.method, "Range" in seen.headers) for seen in first_read] == [("GET", True)]
+
+
+def test_prefetch_fetches_files_stored_together_in_few_requests(
+    rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
+    entry_image: BuiltImage, tmp_path: Path,
+) -> None:  # fmt: skip
+    push(entry_image, registry.host, "lazy/prefetch", "v1")
+    log, many = tmp_path / "mount.log", sorted((entry_tree / "many").iterdir())
+    with start_fault_proxy(registry.host, Faults()) as proxy:
+        ref = f"docker://{proxy.host}/lazy/prefetch:v1"
+        options = ("--plain-http", "--prefetch", "/many", "--log-file", log)
+        with rafs_mount(rafs, ref, tmp_path / "mnt", *options) as mnt:
+            deadline = time.monotonic() + 60
+            while "prefetch: done" not in log.read_text():
+                assert time.monotonic() < deadline, "the prefetch did not finish"
+                time.sleep(0.05)
+            prefetched = [h for h in _blob_gets(proxy.seen) if "Range" in h]
+            for path in many:
+                assert (mnt / "many" / path.name).read_bytes() == path.read_bytes()
+            assert len([h for h in _blob_gets(proxy.seen) if "Range" in h]) == len(prefetched)
+    assert len(many) == 300 and 0 < len(prefetched) <= 2, len(prefetched)  # not one per file
 
 
 def test_corrupt_chunk_on_the_registry_fails_only_its_reads(

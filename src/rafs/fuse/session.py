@@ -4,7 +4,7 @@
 caller can report readiness before serving), `serve()` runs pyfuse3's loop on trio until
 the mount goes away (`umount`, `fusermount3 -u`) or SIGINT/SIGTERM arrives, which unmounts.
 SIGUSR1 writes the statistics file; it is written again when the mount ends. A prefetch
-runs in a background thread that stops between files when the mount ends.
+runs in a background thread, in batches across files, and stops when the mount ends.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import trio
 
 from rafs.errors import FailedPrecondition, RafsError
 from rafs.fileio import write_atomic
+from rafs.format.chunktable import ChunkInfo
 from rafs.fuse.ops import RafsOperations
 from rafs.reader.chunkcache import ChunkCache
 from rafs.reader.image import RafsImage
 
 log = logging.getLogger(__name__)
 
-PREFETCH_BATCH = 32
+PREFETCH_BYTES = 8 << 20
+"""File bytes a prefetch fetches at once."""
 READAHEAD_KIB = 4096
 """Kernel read-ahead for the mount; FUSE's default 128 KiB makes 128-256 KiB requests."""
 
@@ -124,18 +126,30 @@ class FuseMount:
                  stats["cache_hits"])  # fmt: skip
 
     def _prefetch(self, nids: list[int]) -> None:
+        """Fetch the files' missing chunks in batches of about PREFETCH_BYTES across files:
+        the chunks of files stored together (a directory's small files) make one backend
+        read, one request from a registry."""
         files = regular_files(self.image, nids)
         log.info("prefetch: %d files", len(files))
-        for nid in files:
+        batch: list[ChunkInfo] = []
+        size = 0
+        for count, nid in enumerate(files, 1):
             if self._stop.is_set():
                 log.info("prefetch: stopped")
                 return
             try:
                 chunks = self.cache.missing_chunks(self.image.file_chunks(nid))
-                for start in range(0, len(chunks), PREFETCH_BATCH):
-                    self.cache.fetch(chunks[start : start + PREFETCH_BATCH])
             except (RafsError, OSError) as exc:
                 log.error("prefetch of nid %d failed: %s", nid, exc)
+                continue
+            batch += chunks
+            size += sum(info.uncompressed_size for info in chunks)
+            if batch and (size >= PREFETCH_BYTES or count == len(files)):
+                try:
+                    self.cache.fetch(batch)
+                except (RafsError, OSError) as exc:  # the rest of the batch is fetched
+                    log.error("prefetch: %s", exc)
+                batch, size = [], 0
         log.info("prefetch: done")
 
 
