@@ -133,7 +133,7 @@ class FuseMount:
         log.info("prefetch: %d files", len(files))
         batch: list[ChunkInfo] = []
         size = 0
-        for count, nid in enumerate(files, 1):
+        for nid in files:
             if self._stop.is_set():
                 log.info("prefetch: stopped")
                 return
@@ -144,13 +144,19 @@ class FuseMount:
                 continue
             batch += chunks
             size += sum(info.uncompressed_size for info in chunks)
-            if batch and (size >= PREFETCH_BYTES or count == len(files)):
-                try:
-                    self.cache.fetch(batch)
-                except (RafsError, OSError) as exc:  # the rest of the batch is fetched
-                    log.error("prefetch: %s", exc)
+            if size >= PREFETCH_BYTES:
+                self._prefetch_batch(batch)
                 batch, size = [], 0
+        self._prefetch_batch(batch)
         log.info("prefetch: done")
+
+    def _prefetch_batch(self, chunks: list[ChunkInfo]) -> None:
+        if not chunks:
+            return
+        try:
+            self.cache.fetch(chunks)
+        except (RafsError, OSError) as exc:  # the rest of the batch is fetched all the same
+            log.error("prefetch: %s", exc)
 
 
 def regular_files(image: RafsImage, nids: Iterable[int]) -> list[int]:
