@@ -118,6 +118,21 @@ def test_prefetch_fetches_files_stored_together_in_few_requests(
     assert len(many) == 300 and 0 < len(prefetched) <= 2, len(prefetched)  # not one per file
 
 
+def test_check_of_a_registry_image_reads_its_chunks_in_few_requests(
+    rafs: RafsRunner, registry: Registry, entry_image: BuiltImage, tmp_path: Path,  # noqa: F811
+) -> None:  # fmt: skip
+    push(entry_image, registry.host, "lazy/check", "v1")
+    [(layer, _)] = entry_image.blobs
+    with open_artifact(layer) as artifact:
+        chunks = len(artifact.image.chunk_table())
+    with start_fault_proxy(registry.host, Faults()) as proxy:
+        result = rafs("check", f"docker://{proxy.host}/lazy/check:v1", "--plain-http")
+        ranges = [h for h in _blob_gets(proxy.seen) if "Range" in h]
+    assert f"{chunks} chunks" in result.stdout.decode()
+    # read in stored order through a window that doubles: not one request per chunk
+    assert chunks >= 300 and 0 < len(ranges) <= 10, (chunks, len(ranges))
+
+
 def test_corrupt_chunk_on_the_registry_fails_only_its_reads(
     rafs: RafsRunner, registry: Registry, entry_tree: Path,  # noqa: F811
     entry_image: BuiltImage, tmp_path: Path,

@@ -20,6 +20,7 @@ blobs are behind a backend (an image reference), one range per chunk and no cach
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -27,11 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from rafs.errors import FormatError, NotFound, Unsupported
+from rafs.errors import FormatError, NotFound, RafsError, Unsupported
 from rafs.format.chunktable import ChunkInfo
 from rafs.reader.artifact import Artifact
 from rafs.reader.blobs import BlobSet, unpack_chunk
 from rafs.reader.image import RafsImage
+
+READ_WINDOW = 8 << 20
+"""Most stored bytes a read command fetches at once through a backend (`BackendBlobSet`)."""
 
 
 class BlobBackend(Protocol):
@@ -142,11 +146,20 @@ class LocalBackend:
 
 
 class BackendBlobSet(BlobSet):
-    """The blobs of an image read through a backend (which this set closes)."""
+    """The blobs of an image read through a backend (which this set closes).
+
+    The read commands go through an image's chunks mostly in the order they are stored, so
+    where a request costs more than its bytes (`amplify_io`: a registry) a chunk's read
+    fetches a window of the stored bytes from it, kept for the chunks that follow: the
+    window starts at `amplify_io` bytes and doubles, up to READ_WINDOW, while the reads keep
+    running on from its end (one file read alone fetches little more than it needs).
+    """
 
     def __init__(self, image: RafsImage, backend: BlobBackend) -> None:
         super().__init__(image, None, None)
         self.backend = backend
+        self._window: tuple[int, int, bytes] = (-1, 0, b"")  # blob index, offset, bytes
+        self._lock = threading.Lock()
 
     def path(self, index: int) -> Path:
         raise Unsupported(f"{self.image.source}: blob {self.image.blobs[index].id} is not a "
@@ -156,9 +169,32 @@ class BackendBlobSet(BlobSet):
         if info.blob_index >= len(self.image.blobs):
             raise FormatError(f"{self.image.source}: chunk names missing blob {info.blob_index}")
         blob = self.image.blobs[info.blob_index]
-        stored = self.backend.read_range(blob.id, info.compressed_offset, info.compressed_size)
+        stored = self._stored(info)
         where = f"{self.image.source}: blob {blob.id}: chunk {info.block_id.hex()[:16]}"
         return unpack_chunk(stored, info, blob.compression_algo, blob.digest_algo, verify, where)
+
+    def _stored(self, info: ChunkInfo) -> bytes:
+        """A chunk's stored bytes: from the window, or read with a new window from it."""
+        start, size = info.compressed_offset, info.compressed_size
+        blob = self.image.blobs[info.blob_index]
+        if not self.backend.amplify_io:
+            return self.backend.read_range(blob.id, start, size)
+        with self._lock:
+            index, offset, data = self._window
+            if index == info.blob_index and offset <= start and start + size <= offset + len(data):
+                return data[start - offset : start - offset + size]
+            running_on = index == info.blob_index and start == offset + len(data)
+        window = min(READ_WINDOW, 2 * len(data)) if running_on else self.backend.amplify_io
+        length = min(window, blob.compressed_size - start)
+        data = b""
+        if length > size:
+            with contextlib.suppress(RafsError):  # e.g. a blob size the image gets wrong
+                data = self.backend.read_range(blob.id, start, length)
+        if not data:
+            data = self.backend.read_range(blob.id, start, size)
+        with self._lock:
+            self._window = (info.blob_index, start, data)
+        return data[:size]
 
     def close(self) -> None:
         super().close()

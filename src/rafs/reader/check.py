@@ -150,7 +150,8 @@ def _check_overlaps(artifact: Artifact, report: CheckReport) -> None:
 
 def _check_chunks(artifact: Artifact, report: CheckReport) -> None:
     image = artifact.image
-    for info in image.chunk_table():
+    # in the order they are stored: sequential reads of a file, or few large ranged requests
+    for info in sorted(image.chunk_table(), key=lambda c: (c.blob_index, c.compressed_offset)):
         name = info.block_id.hex()[:16]
         try:
             info.validate()
