@@ -12,8 +12,9 @@ them must not publish what it makes of them before that.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
+
+from rafs.content import ClosesOnExit
 
 if TYPE_CHECKING:
     from rafs.content import BlobTarget, HasDigest, Info, Status, Writer
@@ -36,7 +37,7 @@ class TeeIngester:
         return TeeWriter(self._store.writer(ref, total, expected), self._sink)
 
 
-class TeeWriter:
+class TeeWriter(ClosesOnExit):
     """A writer that also gives each new byte to `sink`, once (see the module docstring)."""
 
     def __init__(self, writer: Writer, sink: Sink) -> None:
@@ -75,10 +76,3 @@ class TeeWriter:
 
     def close(self) -> None:
         self._writer.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()

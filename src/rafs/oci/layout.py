@@ -21,10 +21,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
-from rafs.content import Status
+from rafs.content import ClosesOnExit, Status
 from rafs.digest import Digest, Digester
 from rafs.errors import (
     AlreadyExists,
@@ -207,7 +206,7 @@ def _same_slot(old: Descriptor, new: Descriptor, tag: str | None) -> bool:
     return old.digest == new.digest and mt.ANNOTATION_REF_NAME not in old.annotations
 
 
-class VerifyingReader:
+class VerifyingReader(ClosesOnExit):
     """Read a blob through, checking its size and digest when the end is reached."""
 
     def __init__(self, source: BinaryIO, digest: Digest, size: int | None, what: str) -> None:
@@ -235,15 +234,8 @@ class VerifyingReader:
     def close(self) -> None:
         self._source.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
-
-
-class LayoutWriter:
+class LayoutWriter(ClosesOnExit):
     """An ingest into a layout: a temp file in blobs/sha256, renamed to its digest on commit.
 
     Progress is not kept across writers (`close` without `commit` discards it), so a
@@ -306,11 +298,4 @@ class LayoutWriter:
         if self._file is not None:
             self._file.__exit__(None, None, None)
             self._file = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
 
