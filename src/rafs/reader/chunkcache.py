@@ -52,7 +52,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from itertools import pairwise
+from itertools import islice, pairwise
 from pathlib import Path
 
 from rafs.codecs import decompress_into, digest_function
@@ -127,7 +127,6 @@ class ChunkCache:
         self.directory = directory
         self.limit = limit
         self.amplify_io = backend.amplify_io if amplify_io is None else amplify_io
-        self._stored_offsets: dict[int, list[int]] = {}  # blob -> its chunks' offsets, sorted
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._inflight: dict[_Key, _Future] = {}
@@ -214,15 +213,13 @@ class ChunkCache:
             return {}
         last = max((info for info, _ in claim.values()),
                    key=lambda info: (info.blob_index, info.compressed_offset))  # fmt: skip
-        chunks = self.image.blob_chunks(last.blob_index)
-        offsets = self._stored_offsets.get(last.blob_index)
-        if offsets is None:
-            offsets = self._stored_offsets[last.blob_index] = [c.compressed_offset for c in chunks]
+        chunks = self.image.blob_chunks(last.blob_index)  # in stored order
         budget = self.amplify_io - sum(info.compressed_size for info, _ in claim.values())
         end = last.compressed_offset + last.compressed_size
         following = []
         with self._lock:
-            for info in chunks[bisect.bisect_left(offsets, end) :]:
+            after = bisect.bisect_left(chunks, end, key=lambda info: info.compressed_offset)
+            for info in islice(chunks, after, None):  # no copy of the blob's chunk list
                 if info.compressed_offset < end:
                     continue  # the same chunk listed again
                 key = (info.blob_index, info.index)
