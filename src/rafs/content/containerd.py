@@ -1,7 +1,8 @@
 """`ContainerdStore`: the content store protocols over containerd's gRPC content API.
 
-The stubs are generated at build time (`make venv`) from the .proto files in `protos/` into
-`_gen/` (not committed); `_stubs()` puts that directory on `sys.path` once, because the
+The stubs are generated at build time (setup.py's build hook, for a wheel, `pip install .` and
+an editable install alike; `make venv` again when a .proto changes) from the .proto files in
+`protos/` into `_gen/` (not committed); `_stubs()` puts that directory on `sys.path` once, because the
 generated modules import each other as `containerd.services...`.
 
 - Every call carries `containerd-namespace` metadata, and `containerd-lease`: each store
@@ -55,7 +56,7 @@ from rafs.errors import (
 )  # fmt: skip
 
 GENERATED = Path(__file__).resolve().parent / "_gen"
-"""Where `make venv` generates the Python stubs (grpcio-tools, from `protos/`)."""
+"""Where the build generates the Python stubs (grpcio-tools, from `protos/`)."""
 
 PROTOS = Path(__file__).resolve().parent / "protos"
 
@@ -82,7 +83,7 @@ def _stubs() -> dict[str, ModuleType]:
             return _stub_modules
         if not (GENERATED / "containerd" / "services" / "content" / "v1").is_dir():
             raise RafsError(
-                f"containerd gRPC stubs are missing in {GENERATED}: run `make venv`, or "
+                f"containerd gRPC stubs are missing in {GENERATED}: reinstall rafs (`pip install .`), or "
                 f"{' '.join(generate_command('python'))}")  # fmt: skip
         if str(GENERATED) not in sys.path:
             sys.path.insert(0, str(GENERATED))
