@@ -2,8 +2,8 @@
 
 The stubs are generated at build time (setup.py's build hook, for a wheel, `pip install .` and
 an editable install alike; `make venv` again when a .proto changes) from the .proto files in
-`protos/` into `_gen/` (not committed); `_stubs()` puts that directory on `sys.path` once, because the
-generated modules import each other as `containerd.services...`.
+`protos/` into `_gen/` (not committed); `_stubs()` puts that directory on `sys.path` once,
+because the generated modules import each other as `containerd.services...`.
 
 - Every call carries `containerd-namespace` metadata, and `containerd-lease`: each store
   instance makes sure its lease exists (`Leases.Create`, `AlreadyExists` is fine). The lease
@@ -83,7 +83,8 @@ def _stubs() -> dict[str, ModuleType]:
             return _stub_modules
         if not (GENERATED / "containerd" / "services" / "content" / "v1").is_dir():
             raise RafsError(
-                f"containerd gRPC stubs are missing in {GENERATED}: reinstall rafs (`pip install .`), or "
+                f"containerd gRPC stubs are missing in {GENERATED}: reinstall rafs "
+                f"(`pip install .`), or "
                 f"{' '.join(generate_command('python'))}")  # fmt: skip
         if str(GENERATED) not in sys.path:
             sys.path.insert(0, str(GENERATED))
