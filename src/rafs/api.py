@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from rafs.builder.layer import write_layer
-from rafs.builder.merge import MergeLayer, MergeOptions, merge_layers, write_bootstrap_tar
+from rafs.builder.merge import (
+    MergeLayer,
+    MergeOptions,
+    blob_metas,
+    merge_layers,
+    write_bootstrap_tar,
+)
 from rafs.builder.options import DEFAULT_CHUNK_SIZE, BuildOptions
 from rafs.builder.source import open_tar_stream
 from rafs.codecs import COMPRESSOR_NAMES, DIGESTER_NAMES
@@ -86,7 +92,7 @@ def merge(
         raise InvalidArgument(f"fs version {option.fs_version!r}: only RAFS v6 is written")
     result = merge_layers(layers, MergeOptions(option.whiteout_spec, option.prefetch_patterns))
     if option.with_tar:
-        write_bootstrap_tar(result.bootstrap, dest)
+        write_bootstrap_tar(result.bootstrap, dest, blob_metas(layers))
     else:
         dest.write(result.bootstrap)
     return result.blob_digests

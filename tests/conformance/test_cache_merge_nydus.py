@@ -51,13 +51,15 @@ def test_merge_nydus_mounts_as_umoci_unpacks(
         "containerd.io/uncompressed": "sha256:" + hashlib.sha256(tar).hexdigest(),
         "containerd.io/snapshot/nydus-bootstrap": "true",
     }
-    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        assert archive.getnames() == ["image", "image/image.boot"]
-
     # One Nydus variant per layer, in the same store, labelled as BuildKit does.
     store = LocalStore(store_dir)
     nydus = [info for info in store.walk(f'labels."buildkit.io/blob/mediatype"=={NYDUS_BLOB}')]
     assert len(nydus) == len(umoci_image.tars)
+    # The bootstrap, then each Nydus layer's blob.meta (nydus-snapshotter's layout).
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        names = archive.getnames()
+    assert names[:2] == ["image", "image/image.boot"]
+    assert sorted(names[2:]) == sorted(f"image/{info.digest.hex}.blob.meta" for info in nydus)
     for info in nydus:
         assert info.labels["buildkit.io/blob/annotation.containerd.io/snapshot/nydus-blob"] == (
             "true")  # fmt: skip

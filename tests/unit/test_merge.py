@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import random
 import tarfile
@@ -14,9 +15,11 @@ from rafs.builder.merge import MergeLayer, MergeOptions, merge_layers, write_boo
 from rafs.builder.options import BuildOptions
 from rafs.errors import FormatError, InvalidArgument, NotFound, RafsError
 from rafs.format.superblock import RafsSuperFlags
+from rafs.format.toc import SECTION_BLOB_META, SECTION_BLOB_META_HEADER
 from rafs.reader.artifact import open_artifact
 from rafs.reader.blobs import BlobSet, read_file
 from rafs.reader.image import RafsImage
+from rafs.reader.layer import read_section
 from tests.conftest import RafsRunner
 from tests.support.merge_reference import reference_merge
 from tests.support.tarballs import make_tar
@@ -172,6 +175,37 @@ def test_tar_output_is_the_go_converters_bootstrap_layer(tmp_path: Path) -> None
     again = io.BytesIO()
     write_bootstrap_tar(image.data, again)
     assert again.getvalue() == out.getvalue()
+
+
+def test_merge_tar_carries_each_layers_blob_meta(tmp_path: Path, rafs: RafsRunner) -> None:
+    """`image/<blob id>.blob.meta` beside image.boot, as nydus-snapshotter writes it: the
+    layer's blob.meta section zero-padded to 4 KiB, then its blob.meta header; and the tar
+    still opens as an image."""
+    layers = []
+    for name, data in (("low", b"x" * 10000), ("high", bytes(range(256)) * 40)):
+        tar = tmp_path / f"{name}.tar"
+        tar.write_bytes(make_tar([(name, data, {})]))
+        digest = rafs("create", tar, "-o", tmp_path / name).stdout.decode().strip()
+        layer = tmp_path / digest.split(":")[1]
+        (tmp_path / name).rename(layer)
+        layers.append(layer)
+    rafs("merge", *layers, "-o", tmp_path / "boot.tar", "--tar")
+    with tarfile.open(tmp_path / "boot.tar") as archive:
+        names = archive.getnames()
+        assert names == ["image", "image/image.boot",
+                         *(f"image/{layer.name}.blob.meta" for layer in layers)]
+        for layer in layers:
+            meta_file = archive.extractfile(f"image/{layer.name}.blob.meta")
+            assert meta_file is not None
+            got = meta_file.read()
+            with layer.open("rb") as f:
+                meta = read_section(f, SECTION_BLOB_META, layer.name)
+                header = read_section(f, SECTION_BLOB_META_HEADER, layer.name)
+            assert len(header) == 4096
+            assert got == meta + bytes(-len(meta) % 4096) + header
+    (tmp_path / "boot.tar.gz").write_bytes(gzip.compress((tmp_path / "boot.tar").read_bytes()))
+    listing = rafs("ls", tmp_path / "boot.tar.gz").stdout.decode().split()
+    assert sorted(listing) == ["high", "low"]
 
 
 def test_chunk_dict_blobs_join_the_blob_table(tmp_path: Path, rafs: RafsRunner) -> None:

@@ -27,10 +27,10 @@ from rafs.builder.options import WHITEOUT_SPECS
 from rafs.builder.overlay import MergedDir, stack_layer
 from rafs.builder.raw_bootstrap import RawBootstrap
 from rafs.builder.tree import cyclic_gc_paused
-from rafs.errors import FormatError, InvalidArgument, RafsError, Unsupported
+from rafs.errors import FormatError, InvalidArgument, NotFound, RafsError, Unsupported
 from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
 from rafs.format.superblock import RafsSuperFlags
-from rafs.format.toc import SECTION_BOOTSTRAP
+from rafs.format.toc import SECTION_BLOB_META, SECTION_BLOB_META_HEADER, SECTION_BOOTSTRAP
 from rafs.reader.image import RafsImage, is_rafs_v6
 from rafs.reader.layer import read_section
 
@@ -160,8 +160,33 @@ def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
     return MergeResult(bootstrap, [f"sha256:{blobs[slot].id}" for slot in order])
 
 
-def write_bootstrap_tar(bootstrap: bytes, out: BinaryIO) -> None:
-    """The bootstrap as the Go converter's bootstrap layer tar: `image/` then `image/image.boot`.
+def layer_blob_meta(layer: MergeLayer) -> bytes | None:
+    """The layer's `<blob id>.blob.meta` file as nydus-snapshotter puts it in a bootstrap layer:
+    the blob.meta section (the chunk infos), zero-padded to 4 KiB, then the 4 KiB blob.meta
+    header. None for a bare bootstrap or a layer without those sections."""
+    where = layer.name or layer.digest
+    layer.reader.seek(0)
+    if is_rafs_v6(layer.reader.read(4096)):
+        return None
+    try:
+        meta = read_section(layer.reader, SECTION_BLOB_META, where)
+        header = read_section(layer.reader, SECTION_BLOB_META_HEADER, where)
+    except NotFound:
+        return None
+    return meta + bytes(-len(meta) % 4096) + header
+
+
+def blob_metas(layers: Sequence[MergeLayer]) -> list[tuple[str, bytes]]:
+    """(blob id, `layer_blob_meta`) of each layer that has one, for `write_bootstrap_tar`."""
+    metas = ((layer.hex, layer_blob_meta(layer)) for layer in layers)
+    return [(blob_id, meta) for blob_id, meta in metas if meta is not None]
+
+
+def write_bootstrap_tar(bootstrap: bytes, out: BinaryIO,
+                        blob_metas: Sequence[tuple[str, bytes]] = ()) -> None:  # fmt: skip
+    """The bootstrap as the Go converter's bootstrap layer tar: `image/`, `image/image.boot`,
+    then `image/<blob id>.blob.meta` for each (blob id, file) given (`layer_blob_meta`): the
+    layout nydus-snapshotter writes since 2025, so nydusd needs no blob.meta from the network.
 
     Only name, mode and size are set (no mtime or owner), so equal bootstraps give equal tars.
     """
@@ -170,8 +195,11 @@ def write_bootstrap_tar(bootstrap: bytes, out: BinaryIO) -> None:
         directory.type = tarfile.DIRTYPE
         directory.mode = 0o755
         archive.addfile(directory)
-        member = tarfile.TarInfo(BOOTSTRAP_NAME_IN_LAYER)
-        member.mode = 0o444
-        member.size = len(bootstrap)
-        archive.addfile(member, io.BytesIO(bootstrap))
+        files = [(BOOTSTRAP_NAME_IN_LAYER, bootstrap),
+                 *((f"image/{blob_id}.blob.meta", meta) for blob_id, meta in blob_metas)]
+        for name, data in files:
+            member = tarfile.TarInfo(name)
+            member.mode = 0o444
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
 

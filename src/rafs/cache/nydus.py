@@ -7,11 +7,13 @@ known flaw fixed:
 2. Every layer of the chain, parent to child, is fetched in Nydus compression (converted on
    demand, `get_blob_with_compression_with_retry`) and opened from the store; every reader is
    closed on every path.
-3. The layers are merged with tar output (`image/` + `image/image.boot`, nothing else: the Go
-   code passes only `WithTar`), streamed through gzip with mtime 0 - so the same chain always
-   gives the same bytes - into the ingest `nydus-merge-<chainID>`, while the uncompressed tar
-   is hashed for its diffID. BuildKit resumes a stale ingest of that name, which would prefix
-   old bytes to the new stream; here the ingest is truncated first.
+3. The layers are merged with tar output (`image/`, `image/image.boot`, then each layer's
+   `image/<blob id>.blob.meta`, as nydus-snapshotter's converter writes for RAFS v6 since
+   2025, so nydusd finds the chunk tables without fetching them), streamed through gzip with
+   mtime 0 - so the same chain always gives the same bytes - into the ingest
+   `nydus-merge-<chainID>`, while the uncompressed tar is hashed for its diffID. BuildKit
+   resumes a stale ingest of that name, which would prefix old bytes to the new stream; here
+   the ingest is truncated first.
 4. Commit with label `containerd.io/uncompressed`; `AlreadyExists` is success (the label is
    then set on the existing blob). The size comes from the stored blob's info.
 5. The descriptor: `application/vnd.oci.image.layer.v1.tar+gzip`, annotations

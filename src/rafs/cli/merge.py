@@ -9,7 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rafs.builder.merge import MergeLayer, MergeOptions, merge_layers, write_bootstrap_tar
+from rafs.builder.merge import (
+    MergeLayer,
+    MergeOptions,
+    blob_metas,
+    merge_layers,
+    write_bootstrap_tar,
+)
 from rafs.builder.options import WHITEOUT_SPECS
 from rafs.errors import NotFound
 from rafs.fileio import AtomicHashingFile
@@ -58,9 +64,10 @@ def run_merge(args: argparse.Namespace) -> int:
         result = merge_layers(
             layers, MergeOptions(args.whiteout_spec, tuple(args.prefetch))
         )
+        metas = blob_metas(layers) if args.tar else []
     with AtomicHashingFile(args.output) as out:
         if args.tar:
-            write_bootstrap_tar(result.bootstrap, out)  # type: ignore[arg-type]
+            write_bootstrap_tar(result.bootstrap, out, metas)  # type: ignore[arg-type]
         else:
             out.write(result.bootstrap)
         out.commit()
