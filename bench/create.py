@@ -1,4 +1,4 @@
-"""Benchmark `rafs create` on two large real tars against compressing them once with zstd.
+"""Benchmark `rafs create` on two large real tars against zstd and the real Nydus builders.
 
 Inputs (prepared once, cached in the work dir, default ~/.cache/rafs-bench):
   debian   a Debian bookworm minbase root filesystem (the test suite's debootstrap root)
@@ -11,6 +11,9 @@ alternating so drifting machine load hits both alike):
   zstd     `zstd -3 -T1 -q -c TAR > /dev/null`
   rafs     `rafs create TAR -o OUT` as a separate process, and that process's own peak RSS
            (from os.wait4, so earlier children do not inflate it)
+  peers    the same layer (zstd, blake3, 1 MiB chunks, blob meta inlined, blob ToC) made by
+           `nydus-image create` of nydus-rs 2.2 and by `nydus-judge create` (the builder
+           crate of 2025), from `make judges`; a peer not built is left out with a note
 Each child's CPU time (user + system, all threads) is printed too: on a shared machine it
 is steadier than wall clock, and it shows how much work rafs does, not only how it spreads.
 
@@ -73,6 +76,7 @@ class Result:
     rafs: Run
     zstd_bytes: int
     layer_bytes: int
+    peers: dict[str, Run]
 
 
 def main() -> int:
@@ -161,17 +165,48 @@ def count_entries(tar: Path) -> int:
 # Measurement
 
 
+def peer_commands(tar: Path, scratch: Path) -> dict[str, list[str]]:
+    """The real Nydus builders that `make judges` built, each making the same layer."""
+    sys.path.insert(0, str(REPO))
+    import pytest
+
+    from tests.support import judges
+
+    commands = {}
+    options = ["--compressor", "zstd", "--digester", "blake3", "--chunk-size", "0x100000"]
+    try:
+        commands["nydus-image"] = [
+            str(judges.nydus_image()), "create", "--type", "tar-rafs", "--blob-inline-meta",
+            "--features", "blob-toc", "--log-level", "warn", *options,
+            "--blob", str(scratch / "peer.blob"), str(tar)]  # fmt: skip
+    except pytest.fail.Exception as exc:
+        print(f"leaving out nydus-image: {exc}", file=sys.stderr)
+    try:
+        commands["nydus-judge"] = [str(judges.nydus_judge()), "create", str(tar),
+                                   "-o", str(scratch / "judge.blob"), *options]  # fmt: skip
+    except pytest.fail.Exception as exc:
+        print(f"leaving out nydus-judge: {exc}", file=sys.stderr)
+    return commands
+
+
 def measure(item: Input, rounds: int, scratch: Path) -> Result:
     out = scratch / f"{item.name}.nydus"
+    peers = peer_commands(item.tar, scratch)
     zstd_runs, rafs_runs = [], []
+    peer_runs: dict[str, list[Run]] = {name: [] for name in peers}
     for number in range(1, rounds + 1):
         zstd_runs.append(run_child(["zstd", "-3", "-T1", "-q", "-c", str(item.tar)]))
         rafs_runs.append(run_child([str(RAFS), "create", str(item.tar), "-o", str(out)]))
+        for name, argv in peers.items():
+            (scratch / "peer.blob").unlink(missing_ok=True)
+            peer_runs[name].append(run_child(argv))
+        timings = ", ".join(f"{name} {runs[-1].seconds:.2f}s" for name, runs in peer_runs.items())
         print(f"{item.name} round {number}: zstd {zstd_runs[-1].seconds:.2f}s, "
-              f"rafs {rafs_runs[-1].seconds:.2f}s", file=sys.stderr)  # fmt: skip
+              f"rafs {rafs_runs[-1].seconds:.2f}s, {timings}", file=sys.stderr)  # fmt: skip
     layer_bytes = out.stat().st_size
     out.unlink()
-    return Result(item, best(zstd_runs), best(rafs_runs), zstd_size(item.tar, scratch), layer_bytes)
+    return Result(item, best(zstd_runs), best(rafs_runs), zstd_size(item.tar, scratch),
+                  layer_bytes, {name: best(runs) for name, runs in peer_runs.items()})
 
 
 def run_child(argv: list[str]) -> Run:
@@ -230,6 +265,11 @@ def print_table(results: list[Result], rounds: int) -> None:
     )
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+    for r in results:
+        for name, peer in r.peers.items():
+            print(f"  {r.input.name}: {name} {peer.seconds:.2f}s (cpu {peer.cpu_seconds:.2f}s, "
+                  f"RSS {peer.peak_rss_mib:.0f} MiB); rafs/{name} "
+                  f"{r.rafs.seconds / peer.seconds:.2f}")  # fmt: skip
     print(f"target: rafs/zstd <= {TARGET_RATIO:.1f}, rafs RSS < {TARGET_RSS_MIB} MiB")
     for r in results:
         ratio = r.rafs.seconds / r.zstd.seconds

@@ -21,6 +21,10 @@ that process from os.wait4):
             parse). A merge must do at least this much, so it is the in-run baseline.
   merge     `rafs merge L1 .. L30 -o OUT`
   startup   `python -c "import rafs.cli"`: the fixed cost inside both numbers
+  peers     `nydus-image merge` (nydus-rs 2.2) and `nydus-judge merge` (the builder crate of
+            2025) of the same layers' bootstraps (taken out of the layers untimed, as
+            nydus-snapshotter does before it calls the merger), with the layer digests as
+            blob ids; from `make judges`, a peer not built is left out with a note
 Reported: inodes of the merged image (`rafs inspect --json` counts) per second of merge,
 the merge/read ratio, and peak RSS. Target: >= 200,000 inodes/s (nydus-image merge takes
 0.14-0.24 s for a 31-layer image).
@@ -270,17 +274,59 @@ def measure(layers: list[Path], scratch: Path, rounds: int) -> None:
     merge_argv = [str(RAFS), "merge", *map(str, layers), "-o", str(merged)]
     read_argv = [str(PYTHON), "-c", READ_SCRIPT, *map(str, layers)]
     startup_argv = [str(PYTHON), "-c", "import rafs.cli"]
+    peers = peer_commands(layers, scratch)
     reads, merges, startups = [], [], []
+    peer_runs: dict[str, list[Run]] = {name: [] for name in peers}
     for number in range(1, rounds + 1):
         reads.append(run_child(read_argv))
         merges.append(run_child(merge_argv))
         startups.append(run_child(startup_argv))
+        for name, argv in peers.items():
+            peer_runs[name].append(run_child(argv))
+        timings = ", ".join(f"{name} {runs[-1].seconds:.3f}s" for name, runs in peer_runs.items())
         print(f"round {number}: read {reads[-1].seconds:.3f}s, merge {merges[-1].seconds:.3f}s, "
-              f"startup {startups[-1].seconds:.3f}s", file=sys.stderr)  # fmt: skip
+              f"startup {startups[-1].seconds:.3f}s, {timings}", file=sys.stderr)  # fmt: skip
     inspect = json.loads(run_child([str(RAFS), "inspect", "--json", str(merged)]).stdout)
     inodes = inspect["counts"]["inodes"]
     layer_inodes = int(reads[0].stdout)
     report(layers, merged, inodes, layer_inodes, reads, merges, startups, rounds)
+    best_merge = min(run.seconds for run in merges)
+    for name, runs in peer_runs.items():
+        best_peer = min(run.seconds for run in runs)
+        print(f"{name} merge: best {best_peer:.3f}s (cpu {min(r.cpu_seconds for r in runs):.3f}s,"
+              f" RSS {max(r.peak_rss_mib for r in runs):.0f} MiB); rafs/{name} "
+              f"{best_merge / best_peer:.2f}")  # fmt: skip
+
+
+def peer_commands(layers: list[Path], scratch: Path) -> dict[str, list[str]]:
+    """The real mergers that `make judges` built, on the layers' bootstraps."""
+    sys.path.insert(0, str(REPO))
+    import pytest
+
+    from rafs.format.toc import SECTION_BOOTSTRAP
+    from rafs.reader.layer import read_section
+    from tests.support import judges
+
+    boots = []
+    for layer in layers:
+        boot = scratch / f"{layer.name}.boot"
+        with layer.open("rb") as f:
+            boot.write_bytes(read_section(f, SECTION_BOOTSTRAP, str(layer)))
+        boots.append(str(boot))
+    digests = ",".join(layer.name for layer in layers)
+    commands = {}
+    try:
+        commands["nydus-image"] = [
+            str(judges.nydus_image()), "merge", "--log-level", "warn", "--bootstrap",
+            str(scratch / "peer.boot"), "--blob-digests", digests, *boots]  # fmt: skip
+    except pytest.fail.Exception as exc:
+        print(f"leaving out nydus-image: {exc}", file=sys.stderr)
+    try:
+        commands["nydus-judge"] = [str(judges.nydus_judge()), "merge", *boots, "-o",
+                                   str(scratch / "judge.boot"), "--blob-digests", digests]
+    except pytest.fail.Exception as exc:
+        print(f"leaving out nydus-judge: {exc}", file=sys.stderr)
+    return commands
 
 
 def run_child(argv: list[str]) -> Run:
