@@ -194,8 +194,11 @@ def test_merge_nydus_descriptor_and_bootstrap(cache: CacheManager, tmp_path: Pat
     assert labels["buildkit.io/blob/annotation." + BOOTSTRAP] == "true"
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         members = archive.getmembers()
-        assert [(m.name, m.mode, m.mtime) for m in members] == [
+        assert [(m.name, m.mode, m.mtime) for m in members[:2]] == [
             ("image", 0o755, 0), ("image/image.boot", 0o444, 0)]
+        # Then each Nydus layer's blob.meta, named by its blob id (the layer digest hex).
+        assert [(m.name.endswith(".blob.meta"), m.mode) for m in members[2:]] == [
+            (True, 0o444), (True, 0o444)]
         bootstrap = archive.extractfile(members[1]).read()  # type: ignore[union-attr]
     # gzip header: no name, mtime 0.
     assert blob[3] == 0 and blob[4:8] == bytes(4)
