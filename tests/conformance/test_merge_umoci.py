@@ -238,7 +238,8 @@ def test_merge_tar_wraps_the_bootstrap(
     nydus_layers: NydusLayers, rafs: RafsRunner, tmp_path: Path
 ) -> None:
     """`--tar` is the Go converter's packToTar: `image` (dir 0755), then `image/image.boot`
-    (0444), with only name, mode and size set, so no mtime and no owner."""
+    and each layer's `image/<blob id>.blob.meta` (0444), with only name, mode and size set,
+    so no mtime and no owner."""
     plain = tmp_path / "merged.boot"
     rafs("merge", *nydus_layers.layers, "-o", plain)
     wrapped = tmp_path / "merged.tar"
@@ -248,10 +249,12 @@ def test_merge_tar_wraps_the_bootstrap(
         assert [(m.name, m.type) for m in members] == [
             ("image", tarfile.DIRTYPE),
             ("image/image.boot", tarfile.REGTYPE),
+            *((f"image/{Path(layer).name}.blob.meta", tarfile.REGTYPE)
+              for layer in nydus_layers.layers),
         ]
-        directory, boot = members
+        directory, boot, *metas = members
         assert stat.S_IMODE(directory.mode) == 0o755
-        assert stat.S_IMODE(boot.mode) == 0o444
+        assert {stat.S_IMODE(member.mode) for member in (boot, *metas)} == {0o444}
         for member in members:
             assert (member.mtime, member.uid, member.gid) == (0, 0, 0), member.name
         content = archive.extractfile(boot)
