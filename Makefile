@@ -19,7 +19,7 @@ APT_PACKAGES := erofs-utils debootstrap zstd tar attr umoci containerd docker-re
 # Lint what exists: a fresh clone has no empty folders.
 LINT_PATHS := $(wildcard src tests bench)
 
-.PHONY: venv apt demo lint test fuzz
+.PHONY: venv apt demo lint judges test fuzz
 
 # The editable install leaves the sources uncompiled: compile them as a wheel install would,
 # so a command does not compile every module it imports each time it starts (it would where
@@ -58,8 +58,14 @@ lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 
+# The real Nydus tools the tests judge rafs by (nydus-image, nydusd, our judge crate,
+# containerd-nydus-grpc, ...), built once from crates.io and the Go module proxy into
+# $RAFS_JUDGES_DIR (default ~/.cache/rafs-judges); a second run costs nothing.
+judges:
+	bash judges/build
+
 # pytest's exit code 5 (no tests collected) fails this target like any other failure.
-test: apt lint
+test: apt lint judges
 	$(BIN)/python -m pytest
 
 # The long fuzz pass: FUZZ_RUNS inputs per target (atheris, coverage-guided), the corpus kept

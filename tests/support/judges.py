@@ -74,6 +74,21 @@ def containerd_nydus_grpc() -> Path:
     return _tool(folder, "containerd-nydus-grpc")
 
 
+
+def crictl() -> Path:
+    """`crictl` of cri-tools: pulls through containerd's CRI plugin, which labels each layer
+    snapshot as remote snapshotters expect (`containerd.io/snapshot/cri.*`)."""
+    return _tool(f"cri-tools-{versions()['CRI_TOOLS_VERSION']}", "crictl")
+
+
+def buildkitd() -> Path:
+    """`buildkitd` built with `-tags nydus` (exports `compression=nydus` with nydus-image)."""
+    return _tool(f"buildkit-{versions()['BUILDKIT_VERSION']}", "buildkitd")
+
+
+def buildctl() -> Path:
+    return _tool(f"buildkit-{versions()['BUILDKIT_VERSION']}", "buildctl")
+
 @dataclass(frozen=True)
 class Ran:
     stdout: str
