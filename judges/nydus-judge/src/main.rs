@@ -8,9 +8,11 @@ mod args;
 mod build;
 mod tree;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use anyhow::Result;
@@ -96,6 +98,81 @@ fn fail(what: &str, error: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Set in the worker process the judge runs its work in.
+const WORKER_ENV: &str = "NYDUS_JUDGE_WORKER";
+
+/// Runs this same command in a worker process, stdin and stdout passed through, and relays its
+/// stderr. A panic is caught in the worker itself; what cannot be caught there (an abort on a
+/// failed allocation of a size read from a corrupt file, a stack overflow, a signal) still
+/// ends in one error line and exit 1 here. None when no worker could be started.
+fn supervise(command: &str) -> Option<ExitCode> {
+    let exe = std::env::current_exe().ok()?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(WORKER_ENV, "1")
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut err = Vec::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_end(&mut err);
+    }
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => return Some(fail(command, &format!("waiting for the worker: {}", e))),
+    };
+    let text = String::from_utf8_lossy(&err);
+    match status.code() {
+        Some(0) | Some(1) => {
+            let _ = std::io::stderr().write_all(&err);
+            Some(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        other => {
+            // The first line is the reason (e.g. "memory allocation of N bytes failed"),
+            // what follows a backtrace.
+            let reason = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("no message");
+            let how = match (other, status.signal()) {
+                (_, Some(sig)) => format!("signal {}", sig),
+                (Some(code), None) => format!("exit code {}", code),
+                (None, None) => "unknown status".to_string(),
+            };
+            // The worker had no chance to remove what it was writing.
+            if command == "create" || command == "merge" {
+                for path in output_paths() {
+                    if std::path::Path::new(&path).is_file() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            Some(fail(command, &format!("worker died ({}): {}", how, reason)))
+        }
+    }
+}
+
+/// The files named by -o/--output and --bootstrap on the command line.
+fn output_paths() -> Vec<String> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let mut out = Vec::new();
+    for (i, arg) in args.iter().enumerate() {
+        for name in ["-o", "--output", "--bootstrap"] {
+            if arg == name {
+                if let Some(v) = args.get(i + 1) {
+                    out.push(v.clone());
+                }
+            } else if let Some(v) = arg.strip_prefix(&format!("{}=", name)) {
+                out.push(v.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<String> = Vec::new();
     for arg in std::env::args_os().skip(1) {
@@ -115,6 +192,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let command = argv.remove(0);
+
+    if std::env::var_os(WORKER_ENV).is_none() {
+        if let Some(code) = supervise(&command) {
+            return code;
+        }
+    }
 
     panic::set_hook(Box::new(|info| {
         let payload = info.payload();

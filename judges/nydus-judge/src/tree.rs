@@ -178,11 +178,14 @@ fn children(dir: &dyn RafsInodeExt, v6: bool) -> Result<Children> {
     Ok(out)
 }
 
+/// What `traverse` calls for each entry: path, inode, parent inode number, children.
+type Visit<'a> = dyn FnMut(&[u8], &dyn RafsInodeExt, u64, Option<&Children>) -> Result<()> + 'a;
+
 /// Depth first from the root, children in the bootstrap's order. `visit` gets the path, the
 /// inode, its parent's inode number and (for a directory) its children.
 fn traverse(
     rs: &RafsSuper,
-    visit: &mut dyn FnMut(&[u8], &dyn RafsInodeExt, u64, Option<&Children>) -> Result<()>,
+    visit: &mut Visit,
 ) -> Result<()> {
     let v6 = version(rs)? == 6;
     let root_ino = rs.superblock.root_ino();
