@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,12 +15,12 @@ import pytest
 @contextmanager
 def run_daemon(argv: list[str], log: Path, answers: Callable[[], bool], name: str, *,
                timeout: float, poll: float = 0.05, stop_timeout: float = 10.0,
-               ) -> Iterator[None]:  # fmt: skip
-    """Run `argv` until the block ends; fail the test with the log's tail if it exits or
-    does not answer within `timeout` seconds."""
+               env: Mapping[str, str] | None = None) -> Iterator[None]:  # fmt: skip
+    """Run `argv` (in `env`, default ours) until the block ends; fail the test with the
+    log's tail if it exits or does not answer within `timeout` seconds."""
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, env=env)  # fmt: skip
     try:
         deadline = time.monotonic() + timeout
         while not answers():
