@@ -7,8 +7,10 @@ containerd 1.6, with the judges' containerd-nydus-grpc as its proxy snapshotter 
 pulls it through its CRI plugin (crictl: only CRI pulls label each layer snapshot with the
 image reference and layer digest the snapshotter needs), and `ctr run --snapshotter nydus`
 runs `cat` in it. The snapshotter unpacks only the bootstrap layer; nydusd (fusedev,
-dedicated) mounts it and fetches chunks from the registry over HTTP as they are read,
-checking every chunk's digest.
+dedicated) mounts it and fetches chunks from the registry over HTTP as they are read. The
+container's overlay root must sit on that FUSE mount, nydusd must have fetched only a
+small part of the blob to run `cat`, and the whole tree nydusd serves must equal the
+source (contents, modes, owners, mtimes, xattrs, hardlinks).
 """
 
 from __future__ import annotations
