@@ -1,14 +1,29 @@
-"""The test harness itself: snapshot/compare catch each kind of difference, and the
-all-entry-types source tree really holds every kind of entry."""
+"""The test harness itself: snapshot/compare catch each kind of difference, the
+all-entry-types source tree really holds every kind of entry, and the end-of-session clean-up
+undoes what a test left behind."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import RafsRunner
+from tests.support.fuse import require_fuse
+from tests.support.kernel import require_kernel_erofs
+from tests.support.leftovers import (
+    SESSION_VARIABLE,
+    clean_leftovers,
+    loop_devices_under,
+    mounts_under,
+)
 from tests.support.sources import MANY_ENTRIES
 from tests.support.tree import ROOT, Entry, compare, snapshot
 
@@ -138,3 +153,70 @@ def test_entry_tree_has_mode_owner_name_and_size_edges(entry_tree: Path) -> None
     assert {entry.size for entry in tree.values()} >= {0, (1 << 20) - 1, 1 << 20, (1 << 20) + 1}
     assert sum(key.startswith("many/") for key in tree) == MANY_ENTRIES
     assert any(entry.mtime_ns % 1_000_000_000 for entry in tree.values())
+
+
+@pytest.mark.kernel
+@pytest.mark.fuse
+def test_leftovers_are_cleaned_and_each_named(rafs: RafsRunner, tmp_path: Path) -> None:
+    """Mounts (EROFS on a loop device, an overlay on it, a FUSE mount served by a daemonized
+    `rafs mount`), a loop device and a daemon left on purpose under a stand-in temp root are
+    all undone, one line each; a loop device backed by a file elsewhere is left alone."""
+    require_kernel_erofs()
+    require_fuse()
+    root, elsewhere = tmp_path / "session", tmp_path / "elsewhere"
+    source = root / "source"
+    source.mkdir(parents=True)
+    (source / "file").write_bytes(b"left behind\n")
+    elsewhere.mkdir()
+    marker = f"leftovers-test-{os.getpid()}"
+    marked = {**os.environ, SESSION_VARIABLE: marker}
+
+    image = root / "image.erofs"
+    subprocess.run(["mkfs.erofs", "--quiet", str(image), str(source)], check=True)
+    shutil.copyfile(image, elsewhere / "image.erofs")
+    loop = _attach(image)
+    kept = _attach(elsewhere / "image.erofs")
+    try:
+        for name in ("erofs", "upper", "work", "overlay", "fuse"):
+            (root / name).mkdir()
+        subprocess.run(["mount", "-t", "erofs", "-o", "ro", loop, str(root / "erofs")],
+                       check=True)  # fmt: skip
+        layers = f"lowerdir={root / 'erofs'},upperdir={root / 'upper'},workdir={root / 'work'}"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", layers, str(root / "overlay")],
+                       check=True)  # fmt: skip
+        layer = root / "layer"
+        rafs("create", source, "-o", layer)
+        subprocess.run([sys.executable, "-m", "rafs", "mount", str(layer), str(root / "fuse")],
+                       env=marked, check=True, timeout=60)  # fmt: skip
+        daemon = subprocess.Popen(["sleep", "600"], env=marked, start_new_session=True)
+        assert (root / "overlay" / "file").read_bytes() == b"left behind\n"
+        assert (root / "fuse" / "file").read_bytes() == b"left behind\n"
+
+        cleaned = clean_leftovers(root, marker)
+
+        assert mounts_under(root) == []
+        assert loop_devices_under(root) == []
+        assert daemon.wait(timeout=10) == -signal.SIGTERM
+        assert loop_devices_under(elsewhere) == [(kept, elsewhere / "image.erofs")]
+        expected = [
+            f"fuse.rafs mount at {root / 'fuse'}: unmounted",
+            f"overlay mount at {root / 'overlay'}: unmounted",
+            f"erofs mount at {root / 'erofs'}: unmounted",
+            f"process {daemon.pid} (sleep 600): terminated",
+            f"loop device {loop} on {image}: detached",
+        ]
+        # The FUSE mount's server exits once unmounted; if it was still there, it was stopped.
+        server = re.compile(r"process \d+ \(.* -m rafs mount .*\): terminated")
+        assert [line for line in cleaned if not server.fullmatch(line)] == expected, cleaned
+    finally:
+        for mountpoint in ("fuse", "overlay", "erofs"):
+            subprocess.run(["umount", "-l", str(root / mountpoint)], capture_output=True)
+        for device in (loop, kept):
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def _attach(backing: Path) -> str:
+    """A loop device on `backing`, as `mount_erofs` attaches blob devices (no autoclear)."""
+    result = subprocess.run(["losetup", "--find", "--show", "--read-only", str(backing)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return result.stdout.strip()
