@@ -10,12 +10,16 @@ multi-device form (erofs-utils 1.5 predates flat-device images).
 
 from __future__ import annotations
 
+import os
+import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RafsRunner
 from tests.support.kernel import fsck_erofs, mount_erofs, require_kernel_erofs
+from tests.support.tarballs import make_tar
 from tests.support.tree import compare, snapshot
 
 pytestmark = pytest.mark.kernel
@@ -84,6 +88,24 @@ def test_directory_source_mounts_as_source(
 ) -> None:
     layer = _build(rafs, entry_tree, tmp_path)
     _assert_block_mount_equals(rafs, layer, entry_tree, tmp_path)
+
+
+def test_symlinks_mount_as_lrwxrwxrwx(rafs: RafsRunner, tmp_path: Path) -> None:
+    """A tar from Python's tarfile says 0644 for a symlink; the OCI image (GNU tar, umoci,
+    containerd) has lrwxrwxrwx, and so must the kernel mount of the layer."""
+    tar = tmp_path / "links.tar"
+    tar.write_bytes(make_tar([
+        ("target", b"data", {}),
+        ("link", None, {"type": tarfile.SYMTYPE, "linkname": "target", "mode": 0o644}),
+    ]))  # fmt: skip
+    layer = _build(rafs, tar, tmp_path)
+    image = tmp_path / "image.erofs"
+    rafs("export", "--block", str(layer), "-o", str(image))
+    with mount_erofs(image, tmp_path / "mnt") as mnt:
+        st = os.lstat(mnt / "link")
+        assert stat.filemode(st.st_mode) == "lrwxrwxrwx"
+        assert os.readlink(mnt / "link") == "target"
+        assert (mnt / "link").read_bytes() == b"data"
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from rafs.format.toc import parse_section_header
 from rafs.reader.artifact import open_artifact
 from rafs.reader.blobs import read_file
 from rafs.reader.layer import read_toc
+from tests.conftest import RafsRunner
 from tests.support.tarballs import make_tar as _tar
 
 MiB = 1 << 20
@@ -133,6 +134,26 @@ def test_tar_semantics(tmp_path: Path) -> None:
         assert image.readlink(image.lookup("/link")) == b"t" * 300
         assert image.lookup("/hard") == image.lookup("/dir/child")
         assert image.stat(image.lookup("/hard")).nlink == 2
+
+
+def test_symlinks_get_mode_0777_whatever_the_tar_says(rafs: RafsRunner, tmp_path: Path) -> None:
+    """Python's tarfile writes symlinks as 0644; Linux, GNU tar, umoci and containerd show
+    every symlink as lrwxrwxrwx, and so must the layer."""
+    source = tmp_path / "in.tar"
+    source.write_bytes(_tar([
+        ("target", b"data", {"mode": 0o600}),
+        ("link", None, {"type": tarfile.SYMTYPE, "linkname": "target", "mode": 0o644}),
+        ("again", None, {"type": tarfile.LNKTYPE, "linkname": "link", "mode": 0o600}),
+    ]))  # fmt: skip
+    layer = tmp_path / "layer"
+    rafs("create", source, "-o", layer)
+    with open_artifact(layer) as artifact:
+        image = artifact.image
+        assert image.stat(image.lookup("/link")).mode == 0o120777
+        assert image.stat(image.lookup("/again")).mode == 0o120777  # a hard link to it
+        assert image.stat(image.lookup("/target")).mode == 0o100600
+    listing = rafs("ls", layer, "-l").stdout.decode().splitlines()
+    assert [line.split()[0] for line in listing] == ["lrwxrwxrwx", "lrwxrwxrwx", "-rw-------"]
 
 
 @pytest.mark.parametrize("compress", [gzip.compress, zstandard.ZstdCompressor().compress])

@@ -3,7 +3,8 @@
 Entries are visited in byte order of their names (as nydus's directory builder does), so
 the blob's chunk order is deterministic. Regular files with the same (st_dev, st_ino) become
 one inode under several names; other file types are never shared. The root directory's
-mtime is recorded as 0, as nydus does.
+mtime is recorded as 0, as nydus does. Symlinks get mode 0777 (`SYMLINK_MODE`), as Linux
+shows them, even from a filesystem that keeps other bits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import stat
 from pathlib import Path
 
 from rafs.builder.blob import BlobWriter
-from rafs.builder.tree import Inode
+from rafs.builder.tree import SYMLINK_MODE, Inode
 from rafs.errors import Unsupported
 from rafs.format.inode import encode_rdev
 from rafs.format.xattr import split_name
@@ -36,7 +37,7 @@ def _inode(path: bytes, st: os.stat_result) -> Inode:
     if st.st_mtime_ns < 0:
         raise Unsupported(f"{os.fsdecode(path)}: mtime before 1970 cannot be stored in RAFS")
     inode = Inode(
-        mode=st.st_mode,
+        mode=SYMLINK_MODE if stat.S_ISLNK(st.st_mode) else st.st_mode,
         uid=st.st_uid,
         gid=st.st_gid,
         mtime=st.st_mtime_ns // 1_000_000_000,

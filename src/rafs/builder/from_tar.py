@@ -5,10 +5,11 @@ goes to the blob writer immediately; a later entry for the same path replaces th
 one (a directory replacing a directory keeps its children); parents a tar never names are
 made as 0755 root-owned directories with mtime 0; a `./` entry sets the root's attributes.
 PAX and GNU long names and links, PAX `SCHILY.xattr.*` xattrs, hard links (sharing the
-target's inode), symlinks, devices and fifos are understood. Names that climb out of the
-layer (`..`) or are absolute are refused, as are sparse and contiguous files. Whiteouts are
-kept as the files they are, except (OCI spec) a `.wh.` entry below a path this layer made
-a file or symlink: it hides nothing, and keeping it would turn the file into a directory.
+target's inode), symlinks, devices and fifos are understood; a symlink's mode is always
+0777, whatever its header says. Names that climb out of the layer (`..`) or are absolute
+are refused, as are sparse and contiguous files. Whiteouts are kept as the files they are,
+except (OCI spec) a `.wh.` entry below a path this layer made a file or symlink: it hides
+nothing, and keeping it would turn the file into a directory.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rafs.builder.tarstream import (
     TarEntry,
     TarStream,
 )
-from rafs.builder.tree import Inode, new_directory
+from rafs.builder.tree import SYMLINK_MODE, Inode, new_directory
 from rafs.errors import FormatError, RafsError, Unsupported
 from rafs.format.dirent import EROFS_NAME_LEN
 from rafs.format.inode import encode_rdev
@@ -113,8 +114,8 @@ class TarTreeBuilder:
             raise Unsupported(f"unsupported tar entry type {entry.type!r}")
         if entry.mtime < 0:
             raise Unsupported("mtime before 1970 cannot be stored in RAFS")
-        inode = Inode(type_bits | (entry.mode & 0o7777), entry.uid, entry.gid, entry.mtime,
-                      entry.mtime_nsec)  # fmt: skip
+        mode = SYMLINK_MODE if type_bits == stat.S_IFLNK else type_bits | (entry.mode & 0o7777)
+        inode = Inode(mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec)
         if entry.xattrs:
             for name in entry.xattrs:
                 split_name(name)  # refuse namespaces RAFS cannot store

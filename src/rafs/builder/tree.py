@@ -51,6 +51,12 @@ class Inode(ModeKind):
     children: dict[bytes, Inode] = field(default_factory=dict)
 
 
+SYMLINK_MODE = stat.S_IFLNK | 0o777
+"""The mode every symlink gets: Linux filesystems, GNU tar, umoci and containerd all show
+symlinks as `lrwxrwxrwx`, whatever permission bits a tar header carries (Python's tarfile
+writes 0644); the kernel ignores a symlink's permissions, but shows those it is given."""
+
+
 def new_directory(mode: int = 0o755) -> Inode:
     """A directory as nydus makes for parents a tar never names: 0755, root, mtime 0."""
     return Inode(mode=stat.S_IFDIR | mode)
