@@ -1,5 +1,8 @@
 """Open any Nydus artifact: a bootstrap file, a Nydus layer (blob with inlined bootstrap), or
 a bootstrap layer (`image/image.boot` in a gzip tar, as `merge --tar` and MergeNydus store it).
+
+RAFS v5 comes as a bootstrap file or as a layer: nydus-image writes a v5 layer without a ToC
+(`--features blob-toc` is v6 only), its bootstrap raw in the last section, `image.boot`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rafs.format.v5 import is_rafs_v5
 from rafs.oci.constants import NYDUS_BOOTSTRAP_NAME
 from rafs.reader.blobs import BlobSet
 from rafs.reader.image import RafsImage, is_rafs_v6
-from rafs.reader.layer import ends_with_section, read_section
+from rafs.reader.layer import ends_with_section, read_section, read_toc
 from rafs.reader.v5 import RafsV5Image
 
 MAX_BOOTSTRAP = 1 << 30
@@ -59,12 +62,24 @@ def _read_bootstrap(f: BinaryIO, path: Path) -> bytes:
 
 
 def open_v5(path: Path) -> RafsV5Image | None:
-    """The RAFS v5 bootstrap at `path`, or None when the file is anything else."""
+    """The RAFS v5 bootstrap file or v5 Nydus layer at `path` (a layer is its own data
+    blob), or None when the file is anything else."""
     _require_file(path)
     with path.open("rb") as f:
-        if not is_rafs_v5(f.read(8)):
+        head = f.read(4096)
+        if is_rafs_v5(head[:8]):
+            return RafsV5Image(_read_bootstrap(f, path), str(path))
+        if is_rafs_v6(head) or head.startswith(GZIP_MAGIC) or not ends_with_section(f):
             return None
-        return RafsV5Image(_read_bootstrap(f, path), str(path))
+        if read_toc(f, str(path)) is not None:
+            return None
+        try:
+            bootstrap = read_section(f, SECTION_BOOTSTRAP, str(path))
+        except NotFound:
+            return None
+    if not is_rafs_v5(bootstrap[:8]):
+        return None
+    return RafsV5Image(bootstrap, str(path), layer=path)
 
 
 def open_artifact(path: Path, blob_dir: Path | None = None) -> Artifact:
@@ -101,6 +116,8 @@ def _read_image(f: BinaryIO, name: str) -> tuple[RafsImage, bool]:
         bootstrap = read_section(f, SECTION_BOOTSTRAP, name)
     except NotFound:
         raise FormatError(f"{name}: neither a bootstrap nor a Nydus layer") from None
+    if is_rafs_v5(bootstrap[:8]):
+        raise Unsupported(f"{name}: RAFS v5 layers support only inspect, ls and cat")
     if not is_rafs_v6(bootstrap[:4096]):
         raise FormatError(f"{name}: the layer's image.boot is not a RAFS v6 bootstrap")
     return RafsImage(bootstrap, name), True

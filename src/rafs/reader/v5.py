@@ -6,7 +6,9 @@ indexes `i_child_index ..`; a hard link's record carries the owning link's numbe
 
 Every offset and size taken from the image is checked before use, so a corrupt image gives
 a `FormatError` naming the image, never an `IndexError` or `struct.error`, and never a loop.
-File data is read from blob files named by blob id and checked against the chunk digests.
+File data is read from blob files named by blob id and checked against the chunk digests;
+an image opened from a Nydus layer reads its inlined blob (INLINED_FS_META, or the
+placeholder id) from the layer file itself.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from rafs.errors import (
     RafsError,
     Unsupported,
 )
-from rafs.format.blobtable import Compressor, Digester
+from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobFeatures, Compressor, Digester
 from rafs.format.chunktable import ChunkInfo
 from rafs.format.inode import ModeKind, decode_rdev
 from rafs.format.superblock import RafsSuperFlags
@@ -107,9 +109,11 @@ class V5Blob:
 class RafsV5Image:
     """Random access to the metadata of one RAFS v5 bootstrap held in memory."""
 
-    def __init__(self, data: bytes, source: str) -> None:
+    def __init__(self, data: bytes, source: str, layer: Path | None = None) -> None:
+        """`layer`: the Nydus layer file `data` was inlined in, which is its own blob."""
         self.data = data
         self.source = source
+        self.layer = layer
         size = len(data)
         if not is_rafs_v5(data[:8]):
             raise FormatError(f"{source}: not a RAFS v5 bootstrap (magic/version)")
@@ -360,7 +364,11 @@ class RafsV5Image:
     # -- file data ---------------------------------------------------------------------
 
     def _blob_path(self, index: int, blob_dir: Path) -> Path:
-        blob_id = self.blobs[index].id
+        blob = self.blobs[index]
+        if self.layer is not None and (blob.features & BlobFeatures.INLINED_FS_META
+                                       or blob.id == PLACEHOLDER_BLOB_ID):  # fmt: skip
+            return self.layer
+        blob_id = blob.id
         for candidate in (blob_dir / blob_id, blob_dir / "sha256" / blob_id):
             if candidate.is_file():
                 return candidate
