@@ -232,6 +232,44 @@ def test_gnu_tar_escapes_in_xattr_names_are_undone(tmp_path: Path) -> None:
     assert xattrs == {b"user.a=b%c": b"v", b"user.%3D": b"w"}
 
 
+def test_xattrs_outside_the_rafs_namespaces_are_dropped_with_a_warning(
+    rafs: RafsRunner, tmp_path: Path
+) -> None:
+    """macOS tars carry bare xattr names (no namespace EROFS has a prefix for), as
+    `SCHILY.xattr.*` and bsdtar's `LIBARCHIVE.xattr.*` records; like containerd's applier,
+    create drops each with one warning and keeps the rest of the entry."""
+    source = tmp_path / "mac.tar"
+    source.write_bytes(_tar([
+        ("f", b"content", {"mode": 0o640, "uid": 501, "pax_headers": {
+            "SCHILY.xattr.com.apple.provenance": "\x01\x02",
+            "LIBARCHIVE.xattr.com.apple.provenance": "AQI=",
+            "SCHILY.xattr.hardlink3": "x",
+            "SCHILY.xattr.user.kept": "yes",
+            "SCHILY.xattr.security.selinux": "label",
+        }}),
+        ("d/g", b"other", {"pax_headers": {"SCHILY.xattr.com.apple.provenance": "y"}}),
+    ]))  # fmt: skip
+    layer = tmp_path / "layer"
+    result = rafs("create", source, "-o", layer)
+    warnings = sorted(result.stderr.splitlines())
+    assert warnings == [
+        f"{source}: tar entry 'd/g': xattr 'com.apple.provenance' dropped: RAFS v6 has no "
+        "namespace for it",
+        f"{source}: tar entry 'f': xattr 'com.apple.provenance' dropped: RAFS v6 has no "
+        "namespace for it",
+        f"{source}: tar entry 'f': xattr 'hardlink3' dropped: RAFS v6 has no namespace for it",
+    ]  # fmt: skip
+    with open_artifact(layer) as artifact:
+        image = artifact.image
+        f = image.stat(image.lookup("/f"))
+        assert image.xattrs(f.nid) == {b"user.kept": b"yes", b"security.selinux": b"label"}
+        assert (f.mode, f.uid, f.mtime) == (0o100640, 501, 1_700_000_000)
+        assert read_file(artifact.blobs, f.nid) == b"content"
+        g = image.stat(image.lookup("/d/g"))
+        assert not g.xattr_size
+        assert read_file(artifact.blobs, g.nid) == b"other"
+
+
 def test_a_layer_without_its_toc_is_read_through_its_tar_headers(tmp_path: Path) -> None:
     layer = _build(tmp_path, _tar([("a", b"payload", {})]))
     with layer.open("rb") as f:

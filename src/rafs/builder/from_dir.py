@@ -4,7 +4,8 @@ Entries are visited in byte order of their names (as nydus's directory builder d
 the blob's chunk order is deterministic. Regular files with the same (st_dev, st_ino) become
 one inode under several names; other file types are never shared. The root directory's
 mtime is recorded as 0, as nydus does. Symlinks get mode 0777 (`SYMLINK_MODE`), as Linux
-shows them, even from a filesystem that keeps other bits.
+shows them, even from a filesystem that keeps other bits; xattrs RAFS v6 cannot store are
+dropped with a warning (`storable_xattrs`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import stat
 from pathlib import Path
 
 from rafs.builder.blob import BlobWriter
-from rafs.builder.tree import SYMLINK_MODE, Inode
+from rafs.builder.tree import SYMLINK_MODE, Inode, storable_xattrs
 from rafs.errors import Unsupported
 from rafs.format.inode import encode_rdev
-from rafs.format.xattr import split_name
 
 
 def _xattrs(path: bytes) -> dict[bytes, bytes]:
@@ -28,9 +28,8 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
     xattrs = {}
     for name in names:
         raw = name.encode("utf-8", "surrogateescape")
-        split_name(raw)
         xattrs[raw] = os.getxattr(path, name, follow_symlinks=False)
-    return xattrs
+    return storable_xattrs(xattrs, os.fsdecode(path))
 
 
 def _inode(path: bytes, st: os.stat_result) -> Inode:

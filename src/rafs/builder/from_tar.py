@@ -6,10 +6,11 @@ one (a directory replacing a directory keeps its children); parents a tar never 
 made as 0755 root-owned directories with mtime 0; a `./` entry sets the root's attributes.
 PAX and GNU long names and links, PAX `SCHILY.xattr.*` xattrs, hard links (sharing the
 target's inode), symlinks, devices and fifos are understood; a symlink's mode is always
-0777, whatever its header says. Names that climb out of the layer (`..`) or are absolute
-are refused, as are sparse and contiguous files. Whiteouts are kept as the files they are,
-except (OCI spec) a `.wh.` entry below a path this layer made a file or symlink: it hides
-nothing, and keeping it would turn the file into a directory.
+0777, whatever its header says, and an xattr outside the namespaces RAFS v6 stores is
+dropped with a warning (`storable_xattrs`). Names that climb out of the layer (`..`) or
+are absolute are refused, as are sparse and contiguous files. Whiteouts are kept as the
+files they are, except (OCI spec) a `.wh.` entry below a path this layer made a file or
+symlink: it hides nothing, and keeping it would turn the file into a directory.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ from rafs.builder.tarstream import (
     TarEntry,
     TarStream,
 )
-from rafs.builder.tree import SYMLINK_MODE, Inode, new_directory
+from rafs.builder.tree import SYMLINK_MODE, Inode, new_directory, storable_xattrs
 from rafs.errors import FormatError, RafsError, Unsupported
 from rafs.format.dirent import EROFS_NAME_LEN
 from rafs.format.inode import encode_rdev
-from rafs.format.xattr import split_name
 
 _TYPE_BITS = {
     REGULAR: stat.S_IFREG,
@@ -62,8 +62,9 @@ def split_path(name: bytes) -> list[bytes]:
 class TarTreeBuilder:
     """Accumulates a tree from tar entries; file data goes to a `BlobWriter`."""
 
-    def __init__(self, blob: BlobWriter, whiteout_spec: str) -> None:
+    def __init__(self, blob: BlobWriter, whiteout_spec: str, source: str) -> None:
         self.root = new_directory()
+        self._source = source
         self._blob = blob
         self._whiteouts = whiteout_spec == "oci"
         self._last_dir_path: list[bytes] = []
@@ -117,9 +118,8 @@ class TarTreeBuilder:
         mode = SYMLINK_MODE if type_bits == stat.S_IFLNK else type_bits | (entry.mode & 0o7777)
         inode = Inode(mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec)
         if entry.xattrs:
-            for name in entry.xattrs:
-                split_name(name)  # refuse namespaces RAFS cannot store
-            inode.xattrs = entry.xattrs
+            inode.xattrs = storable_xattrs(entry.xattrs, f"{self._source}: tar entry "
+                                           f"{entry.name.decode(errors='backslashreplace')!r}")
         if type_bits == stat.S_IFREG:
             inode.size = entry.size
             if entry.size:
@@ -162,7 +162,7 @@ class TarTreeBuilder:
 def tree_from_tar(stream: IO[bytes], blob: BlobWriter, source: str,
                   whiteout_spec: str = "oci") -> Inode:  # fmt: skip
     """Read a whole (uncompressed) tar stream into a tree."""
-    builder = TarTreeBuilder(blob, whiteout_spec)
+    builder = TarTreeBuilder(blob, whiteout_spec, source)
     try:
         for entry, data in TarStream(stream):
             try:

@@ -7,7 +7,9 @@ bounded view of the underlying stream (large reads go straight through), and kee
 
 Understood: POSIX ustar (with `prefix`), GNU (`L`/`K` long names and links, base-256
 numbers), PAX local (`x`) and global (`g`) records: `path`, `linkpath`, `size`, `uid`, `gid`,
-`mtime` (exact decimal), `SCHILY.xattr.*` (raw bytes). Old-style names ending in "/" are
+`mtime` (exact decimal), `SCHILY.xattr.*` (raw bytes). libarchive's `LIBARCHIVE.xattr.*`
+records are not read, as GNU tar, Go's archive/tar (containerd) and nydus do not: bsdtar
+writes each xattr as a `SCHILY.xattr.*` record too. Old-style names ending in "/" are
 directories. Checksums are verified. The archive ends at the first zero block; a stream
 that ends before one is truncated. The rest of the stream is read, so that a compressed
 source verifies its own trailer.

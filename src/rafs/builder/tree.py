@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from rafs.format.inode import ModeKind
+from rafs.format.xattr import XATTR_PREFIXES
+
+log = logging.getLogger(__name__)
 
 
 class Chunk(NamedTuple):
@@ -55,6 +59,22 @@ SYMLINK_MODE = stat.S_IFLNK | 0o777
 """The mode every symlink gets: Linux filesystems, GNU tar, umoci and containerd all show
 symlinks as `lrwxrwxrwx`, whatever permission bits a tar header carries (Python's tarfile
 writes 0644); the kernel ignores a symlink's permissions, but shows those it is given."""
+
+
+def storable_xattrs(xattrs: dict[bytes, bytes], where: str) -> dict[bytes, bytes]:
+    """The xattrs of a source entry that RAFS v6 can store: those in a namespace EROFS has a
+    name prefix for (`XATTR_PREFIXES`). Any other (macOS tars carry bare names such as
+    `com.apple.provenance`) is dropped with one warning naming `where` and the xattr, as
+    containerd's applier drops the xattrs a filesystem refuses, instead of failing the layer.
+    """
+    kept = {}
+    for name, value in xattrs.items():
+        if any(name.startswith(prefix) for _, prefix in XATTR_PREFIXES):
+            kept[name] = value
+        else:
+            log.warning("%s: xattr %r dropped: RAFS v6 has no namespace for it", where,
+                        name.decode(errors="backslashreplace"))  # fmt: skip
+    return kept
 
 
 def new_directory(mode: int = 0o755) -> Inode:
