@@ -1,10 +1,12 @@
 """The real `nydus-image` and `nydusd` (2.2, built by `make judges`) on this machine's files.
 
 `nydus_image_layer()` writes a Nydus layer file as the Go converter asks `nydus-image
-create` for one. `pax_safe_copy()` copies a source tree into a form nydus-image 2.2 can
-read as a tar. `nydusd_mount()` serves a bootstrap with a dedicated `nydusd` FUSE daemon
-(localfs or registry backend), waits until it serves and always unmounts and stops it;
-`assert_nydusd_serves()` compares what it serves with the source tree.
+create` for one; `nydus_image_dir_build()` builds a bootstrap and blob from a directory.
+`pax_safe_copy()` copies a source tree into a form nydus-image 2.2 can read as a tar,
+`as_nydus_image_stores()` says what of it a tar build keeps. `nydusd_mount()` serves a
+bootstrap with a dedicated `nydusd` FUSE daemon (localfs or registry backend), waits until
+it serves and always unmounts and stops it; `assert_nydusd_serves()` compares what it
+serves with the source tree.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.daemon import run_daemon
 from tests.support.judges import nydus_image, nydusd, run_judge
@@ -39,6 +42,24 @@ def nydus_image_layer(tar: Path, out: Path, fs_version: int, compressor: str) ->
                "--fs-version", str(fs_version), "--compressor", compressor,
                "--blob", out, "--log-level", "warn", tar])  # fmt: skip
     return out
+
+
+def nydus_image_dir_build(source: Path, out: Path, *options: str,
+                          prefetch: Sequence[str] = ()) -> Path:  # fmt: skip
+    """`nydus-image create --type dir-rafs OPTIONS SOURCE` into the folder `out`: returns
+    the bootstrap `OUT/image.boot`; the blob, when any file has data, is `OUT/<blob id>`.
+    `prefetch` paths go on its stdin with `--prefetch-policy fs`."""
+    out.mkdir(parents=True, exist_ok=True)
+    policy = ["--prefetch-policy", "fs"] if prefetch else []
+    argv = [str(nydus_image()), "create", "--type", "dir-rafs", *policy, *options,
+            "--bootstrap", str(out / "image.boot"), "--blob-dir", str(out),
+            "--log-level", "warn", str(source)]  # fmt: skip
+    result = subprocess.run(argv, input="".join(f"{path}\n" for path in prefetch),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr.strip()}",
+                    pytrace=False)  # fmt: skip
+    return out / "image.boot"
 
 
 def pax_safe_copy(tree: Path, copy: Path) -> Path:

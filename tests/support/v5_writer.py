@@ -431,5 +431,5 @@ SMALL_TREE: Description = {
     "/z": File(data=bytes(range(256)) * 20, xattrs={b"trusted.t": b"1"}),
     "/c": Special(kind=stat.S_IFCHR, rdev=(5, 1)),
 }
-"""Every v5 entry kind in a few bytes (one 4 KiB chunk of zeros in a sparse file): the
-corruption sweep's and the v5 fuzz target's seed tree."""
+"""Every v5 entry kind in a few bytes (one 4 KiB chunk of zeros in a sparse file): the v5
+fuzz target's seed tree."""

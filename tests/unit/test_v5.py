@@ -1,8 +1,10 @@
-"""RAFS v5: records round-trip, the reader reads what the v5 writer lays out, and corrupt or
-truncated bootstraps give a FormatError (never another exception, never a hang).
+"""RAFS v5: records round-trip, the reader reads what the real nydus-image (2.2) writes, and
+corrupt or truncated bootstraps give a FormatError (never another exception, never a hang).
 
-The bootstraps come from `tests.support.v5_writer`, written from the nydus builder; with its
-2022 layout it reproduces nydus's own v5 test images byte for byte.
+The images are `nydus-image create --fs-version 5` builds of directories made here (as root:
+devices, owners, a socket), in the separate form: `image.boot` beside its blob named by blob
+id (those tests are marked `judges`). What that builder never writes (holes, another format
+version, wrong fields) is made by patching its output.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import socket
 import stat
 import struct
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -49,130 +54,222 @@ from rafs.format.v5 import (
     unpack_prefetch_table,
     unpack_xattrs,
 )
-from rafs.reader.v5 import RafsV5Image, V5Stat
+from rafs.reader.v5 import RafsV5Image
 from tests.conftest import RafsRunner
-from tests.support.v5_writer import (
-    SMALL_TREE,
-    Description,
-    Dir,
-    File,
-    Hardlink,
-    Special,
-    Symlink,
-    V5Image,
-    write_v5,
-)
+from tests.support.real_nydus import nydus_image_dir_build
 
 CHUNK = 4096
-_RANDOM = bytes((i * 7919 + (i >> 5) * 31) % 251 for i in range(3 * CHUNK + 123))
+_PATTERN = bytes((i * 7919 + (i >> 5) * 31) % 251 for i in range(3 * CHUNK + 123))
+FILE_MTIME = (1_700_000_000, 123_456_789)
 
-TREE: Description = {
-    "/": Dir(mode=0o755, uid=1, gid=2, xattrs={b"user.root": b"r"}),
-    "/bin": Dir(mode=0o700, uid=10, gid=20, mtime=1_600_000_000, mtime_nsec=1),
-    "/bin/sh": File(
-        data=b"#!/bin/sh\necho hi\n", mode=0o4755, mtime=1_700_000_001, mtime_nsec=999_999_999
-    ),
-    "/bin/sh-again": Hardlink("/bin/sh"),
-    "/empty": Dir(),
-    "/etc/passwd": File(
-        data=b"root:x:0:0:root:/root:/bin/sh\n",
-        uid=1000,
-        gid=1001,
-        xattrs={b"user.a": b"1", b"security.selinux": b"x" * 100, b"trusted.empty": b""},
-    ),
-    "/etc/hostname-link": Hardlink("/bin/sh"),
-    "/data/big": File(data=_RANDOM),
-    "/data/dup": File(data=_RANDOM[:CHUNK] * 3),
-    "/data/empty": File(data=b""),
-    "/data/sparse": File(data=b"a" * CHUNK + bytes(2 * CHUNK) + b"z" * 10, holes=True),
-    "/dev/null": Special(kind=stat.S_IFCHR, rdev=(1, 3), mode=0o666),
-    "/dev/big": Special(kind=stat.S_IFCHR, rdev=(240, 70000), mode=0o600),
-    "/dev/loop": Special(kind=stat.S_IFBLK, rdev=(7, 200), mode=0o660),
-    "/dev/fifo": Special(kind=stat.S_IFIFO),
-    "/dev/sock": Special(kind=stat.S_IFSOCK),
-    "/link": Symlink(target=b"etc/passwd", xattrs={b"trusted.l": b"v"}),
-    "/names/" + "n" * 255: File(data=b"long"),
-    "/names/a": File(data=b"1"),
-    "/names/abcdefgh": File(data=b"8"),
-    "/names/abcdefghi": File(data=b"9"),
-    "/names/\xe9t\xe9": File(data=b"utf8"),
+FILES = {
+    "/bin/sh": b"#!/bin/sh\necho hi\n",
+    "/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
+    "/data/big": _PATTERN,
+    "/data/dup": _PATTERN[:CHUNK] * 3,
+    "/data/empty": b"",
+    "/data/zeros": b"a" * CHUNK + bytes(2 * CHUNK) + b"z" * 10,
+    "/names/" + "n" * 255: b"long",
+    "/names/a": b"1",
+    "/names/abcdefgh": b"8",
+    "/names/abcdefghi": b"9",
+    "/names/été": b"utf8",
 }
+"""The regular files of the test tree (each with mtime FILE_MTIME unless said otherwise)."""
+HARDLINKS = {"/bin/sh-again": "/bin/sh", "/etc/hostname-link": "/bin/sh"}
+OTHERS = ["/", "/bin", "/data", "/dev", "/dev/big", "/dev/fifo", "/dev/loop", "/dev/null",
+          "/dev/sock", "/empty", "/etc", "/link", "/names"]  # fmt: skip
+"""Every other path of the test tree."""
+
+
+def _write(root: Path, path: str, data: bytes, mode: int = 0o644) -> Path:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    os.chmod(target, mode)
+    return target
+
+
+def _set_mtime(path: Path, seconds: int, nanoseconds: int) -> None:
+    os.utime(path, ns=(seconds * 10**9 + nanoseconds,) * 2, follow_symlinks=False)
+
+
+def _make_tree(root: Path) -> None:
+    """FILES, HARDLINKS and OTHERS under `root`, with the owners, modes, xattrs, device
+    numbers and times the tests below expect (needs root)."""
+    root.mkdir()
+    for path, data in FILES.items():
+        _set_mtime(_write(root, path, data, 0o4755 if path == "/bin/sh" else 0o644), *FILE_MTIME)
+    for link, target in HARDLINKS.items():
+        os.link(root / target.lstrip("/"), root / link.lstrip("/"))
+    _set_mtime(root / "bin/sh", 1_700_000_001, 999_999_999)
+    passwd = root / "etc/passwd"
+    os.chown(passwd, 1000, 1001)
+    for xattr, value in ((b"user.a", b"1"), (b"security.selinux", b"x" * 100),
+                         (b"trusted.empty", b"")):  # fmt: skip
+        os.setxattr(passwd, xattr, value)
+    (root / "dev").mkdir()
+    for name, kind, device, mode in (("null", stat.S_IFCHR, (1, 3), 0o666),
+                                     ("big", stat.S_IFCHR, (240, 70000), 0o600),
+                                     ("loop", stat.S_IFBLK, (7, 200), 0o660)):  # fmt: skip
+        os.mknod(root / "dev" / name, kind | mode, os.makedev(*device))
+        os.chmod(root / "dev" / name, mode)
+    os.mkfifo(root / "dev/fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "dev/sock"))
+    os.symlink("etc/passwd", root / "link")
+    os.setxattr(root / "link", b"trusted.l", b"v", follow_symlinks=False)
+    (root / "empty").mkdir()
+    os.chmod(root / "bin", 0o700)
+    os.chown(root / "bin", 10, 20)
+    _set_mtime(root / "bin", 1_600_000_000, 1)
+    os.chown(root, 1, 2)
+    os.setxattr(root, b"user.root", b"r")
 
 
 def _expected_files() -> dict[str, bytes]:
-    files = {}
-    for path, entry in TREE.items():
-        target = TREE[entry.target] if isinstance(entry, Hardlink) else entry
-        if isinstance(target, File):
-            files[path] = target.data
-    return files
+    return {**FILES, **{link: FILES[target] for link, target in HARDLINKS.items()}}
 
 
-def _open(tmp_path: Path, **options: object) -> tuple[V5Image, RafsV5Image]:
-    built = write_v5(TREE, chunk_size=CHUNK, **options)  # type: ignore[arg-type]
-    built.save(tmp_path)
-    return built, RafsV5Image(built.bootstrap, "test.boot")
+@dataclass(frozen=True)
+class Built:
+    """What one nydus-image build wrote: `folder/image.boot` and `folder/<blob id>`."""
+
+    folder: Path
+    bootstrap: bytes
+    blob_id: str
+    """"" when the image has no blob."""
+
+    @property
+    def blob(self) -> bytes:
+        return (self.folder / self.blob_id).read_bytes()
+
+    def open(self) -> RafsV5Image:
+        return RafsV5Image(self.bootstrap, "test.boot")
+
+    def copy(self, folder: Path) -> Built:
+        """The same build in another folder (for tests that change its files)."""
+        shutil.copytree(self.folder, folder)
+        return replace(self, folder=folder)
 
 
-# -- reading what the writer made ----------------------------------------------------------
+Builder = Callable[..., Built]
 
 
+def _builder(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Builder:
+    """`build(*OPTIONS, prefetch=())`: nydus-image v5 of `source` with 4 KiB chunks, once per
+    set of options."""
+    made: dict[tuple[tuple[str, ...], tuple[str, ...]], Built] = {}
+
+    def build(*options: str, prefetch: tuple[str, ...] = ()) -> Built:
+        key = (options, prefetch)
+        if key not in made:
+            folder = tmp_path_factory.mktemp("nydus-image-v5")
+            boot = nydus_image_dir_build(source, folder, "--fs-version", "5",
+                                         "--chunk-size", hex(CHUNK), *options,
+                                         prefetch=prefetch)  # fmt: skip
+            blobs = [path.name for path in folder.iterdir() if path != boot]
+            assert len(blobs) <= 1, blobs
+            made[key] = Built(folder, boot.read_bytes(), blobs[0] if blobs else "")
+        return made[key]
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Builder:
+    source = tmp_path_factory.mktemp("v5-source") / "tree"
+    _make_tree(source)
+    return _builder(source, tmp_path_factory)
+
+
+def _record_index(image: RafsV5Image, path: str) -> int:
+    """The inode table slot of the record of the link at `path` (its own, not its inode's)."""
+    parent, name = path.rsplit("/", 1)
+    directory = image.inode(image.lookup(parent or "/"))
+    for index in range(directory.i_child_index, directory.i_child_index + directory.i_child_count):
+        if image.name_of(index) == name.encode():
+            return index
+    raise AssertionError(f"no record named {path}")
+
+
+def _patched_inode(data: bytes, image: RafsV5Image, ino: int, **fields: int) -> bytes:
+    offset = image.stat(ino).offset
+    record = replace(image.inode(ino), **fields).pack()  # type: ignore[arg-type]
+    return data[:offset] + record + data[offset + len(record) :]
+
+
+def _with_hole(built: Built, path: str, chunk: int) -> tuple[bytes, bytes]:
+    """The bootstrap with chunk number `chunk` of `path` left out and HAS_HOLE set, as a
+    builder that skips chunks of zeros writes it; and the file's content as read then."""
+    image = built.open()
+    ino = image.lookup(path)
+    chunks = image.file_chunks(ino)
+    records = b"".join(info.pack() for info in chunks)
+    start = built.bootstrap.index(records, image.stat(ino).offset)
+    kept = b"".join(info.pack() for index, info in enumerate(chunks) if index != chunk)
+    data = built.bootstrap[:start] + kept + built.bootstrap[start + len(kept) :]
+    inode = image.inode(ino)
+    data = _patched_inode(data, image, ino, i_child_count=len(chunks) - 1,
+                          i_flags=inode.i_flags | RafsV5InodeFlags.HAS_HOLE)  # fmt: skip
+    content = bytearray(FILES[path])
+    gap = chunks[chunk]
+    content[gap.file_offset : gap.file_offset + gap.uncompressed_size] = bytes(
+        gap.uncompressed_size
+    )
+    return data, bytes(content)
+
+
+# -- reading what nydus-image wrote --------------------------------------------------------
+
+
+@pytest.mark.judges
 @pytest.mark.parametrize("compressor", [Compressor.NONE, Compressor.LZ4_BLOCK, Compressor.ZSTD])
 @pytest.mark.parametrize("digester", [Digester.BLAKE3, Digester.SHA256])
 def test_reader_reads_every_file(
-    tmp_path: Path, compressor: Compressor, digester: Digester
+    build: Builder, compressor: Compressor, digester: Digester
 ) -> None:
-    built, image = _open(tmp_path, compressor=compressor, digester=digester)
+    built = build("--compressor", compressor.name.lower(), "--digester", digester.name.lower())
+    image = built.open()
     assert image.blob_compressor == compressor
     assert image.blob_digester == digester
     assert image.blob_ids == [built.blob_id]
     for path, data in _expected_files().items():
         ino = image.lookup(path)
-        assert image.read_file(ino, tmp_path) == data, path
-        assert image.read_file(ino, tmp_path, 5, 4100) == data[5:4105], path
-        assert image.read_file(ino, tmp_path, len(data) + 1) == b""
+        assert image.read_file(ino, built.folder) == data, path
+        assert image.read_file(ino, built.folder, 5, 4100) == data[5:4105], path
+        assert image.read_file(ino, built.folder, len(data) + 1) == b""
     chunk_flags = {
         c.flags for path in _expected_files() for c in image.file_chunks(image.lookup(path))
     }
     if compressor == Compressor.NONE:
         assert chunk_flags == {0}
-    else:  # the random chunk does not shrink, the repeated text does
+    else:  # the patterned and repeated data shrinks, the few-byte files do not
         assert chunk_flags == {0, ChunkFlags.COMPRESSED}
 
 
-def test_walk_lists_every_path_in_name_order(tmp_path: Path) -> None:
-    _, image = _open(tmp_path)
+@pytest.mark.judges
+def test_walk_lists_every_path_in_name_order(build: Builder) -> None:
+    image = build().open()
     paths = [path.decode(errors="surrogateescape") for path, _ in image.walk()]
-    expected = set(TREE) | {"/etc", "/data", "/dev", "/names"}
-    assert sorted(paths) == sorted(expected)
+    assert sorted(paths) == sorted([*_expected_files(), *OTHERS])
     # depth first, children by bytewise name
     assert paths[:5] == ["/", "/bin", "/bin/sh", "/bin/sh-again", "/data"]
     root_names = [e.name for e in image.children(image.root_ino)]
-    assert root_names == sorted(root_names)
     assert root_names == [b"bin", b"data", b"dev", b"empty", b"etc", b"link", b"names"]
 
 
-def test_stat_fields(tmp_path: Path) -> None:
-    built, image = _open(tmp_path)
+@pytest.mark.judges
+def test_stat_fields(build: Builder) -> None:
+    image = build().open()
     sh = image.stat(image.lookup("/bin/sh"))
-    assert sh == V5Stat(
-        ino=built.inos["/bin/sh"],
-        mode=stat.S_IFREG | 0o4755,
-        uid=0,
-        gid=0,
-        size=18,
-        mtime=1_700_000_001,
-        mtime_nsec=999_999_999,
-        nlink=3,
-        rdev=(0, 0),
-        blocks=1,
-        flags=0,
-        offset=built.offsets["/bin/sh"],
-    )
+    assert (sh.mode, sh.uid, sh.gid, sh.size, sh.nlink, sh.rdev, sh.blocks, sh.flags) == (
+        stat.S_IFREG | 0o4755, 0, 0, 18, 3, (0, 0), 1, 0)  # fmt: skip
+    assert (sh.mtime, sh.mtime_nsec) == (1_700_000_001, 999_999_999)
     passwd = image.stat(image.lookup("/etc/passwd"))
     assert (passwd.uid, passwd.gid, passwd.nlink, passwd.size) == (1000, 1001, 1, 30)
     assert passwd.flags == RafsV5InodeFlags.XATTR
-    assert (passwd.mtime, passwd.mtime_nsec) == (1_700_000_000, 123_456_789)
+    assert (passwd.mtime, passwd.mtime_nsec) == FILE_MTIME
     bin_ = image.stat(image.lookup("/bin"))
     assert (bin_.mode, bin_.uid, bin_.gid, bin_.nlink) == (stat.S_IFDIR | 0o700, 10, 20, 2)
     assert (bin_.mtime, bin_.mtime_nsec, bin_.size, bin_.blocks) == (1_600_000_000, 1, 4096, 8)
@@ -190,35 +287,37 @@ def test_stat_fields(tmp_path: Path) -> None:
     assert link.flags == RafsV5InodeFlags.SYMLINK | RafsV5InodeFlags.XATTR
     assert image.readlink(link.ino) == b"etc/passwd"
     big = image.stat(image.lookup("/data/big"))
-    assert big.blocks == (len(_RANDOM) + 511) // 512
+    assert big.blocks == (len(_PATTERN) + 511) // 512
     assert image.stat(image.lookup("/names/" + "n" * 255)).size == 4
 
 
-def test_explicit_uid_gid_off_writes_zero_owners(tmp_path: Path) -> None:
-    _, image = _open(tmp_path, explicit_uidgid=False)
+@pytest.mark.judges
+def test_repeatable_build_has_no_owners(build: Builder) -> None:
+    image = build("--repeatable").open()
     assert not image.explicit_uid_gid
     assert all((st.uid, st.gid) == (0, 0) for _, st in image.walk())
 
 
-def test_hardlinks_share_the_first_links_inode(tmp_path: Path) -> None:
-    built, image = _open(tmp_path)
+@pytest.mark.judges
+def test_hardlinks_share_one_inode(build: Builder) -> None:
+    image = build().open()
     links = ["/bin/sh", "/bin/sh-again", "/etc/hostname-link"]
     inos = {image.lookup(path) for path in links}
-    assert inos == {built.indexes["/bin/sh"]}
+    assert len(inos) == 1
     # every link keeps its own record, named and parented where it lives
-    records = [image.inode(built.indexes[path]) for path in links]
+    indexes = [_record_index(image, path) for path in links]
+    assert len(set(indexes)) == 3 and inos < set(indexes)
+    records = [image.inode(index) for index in indexes]
     assert {r.i_ino for r in records} == inos
-    assert [image.name_of(built.indexes[p]) for p in links] == [
-        b"sh",
-        b"sh-again",
-        b"hostname-link",
-    ]
+    assert [image.name_of(index) for index in indexes] == [b"sh", b"sh-again", b"hostname-link"]
     assert records[2].i_parent == image.lookup("/etc")
-    assert image.superblock.s_inodes_count == image.superblock.s_inode_table_entries - 2
+    # two of the table's records are extra links; nydus-image 2.2 also leaves the root out
+    assert image.superblock.s_inodes_count == image.superblock.s_inode_table_entries - 3
 
 
-def test_xattrs(tmp_path: Path) -> None:
-    _, image = _open(tmp_path)
+@pytest.mark.judges
+def test_xattrs(build: Builder) -> None:
+    image = build().open()
     assert image.xattrs(image.lookup("/etc/passwd")) == {
         b"user.a": b"1",
         b"security.selinux": b"x" * 100,
@@ -230,8 +329,9 @@ def test_xattrs(tmp_path: Path) -> None:
     assert image.has_xattr
 
 
-def test_file_chunks_in_file_order_and_deduplicated(tmp_path: Path) -> None:
-    _, image = _open(tmp_path)
+@pytest.mark.judges
+def test_file_chunks_in_file_order_and_deduplicated(build: Builder) -> None:
+    image = build().open()
     big = image.file_chunks(image.lookup("/data/big"))
     assert [(c.file_offset, c.uncompressed_size) for c in big] == [
         (0, CHUNK),
@@ -247,7 +347,7 @@ def test_file_chunks_in_file_order_and_deduplicated(tmp_path: Path) -> None:
     assert image.file_chunks(image.lookup("/data/empty")) == []
     digest = digest_function(image.blob_digester)
     assert all(
-        c.block_id == digest(_RANDOM[c.file_offset : c.file_offset + c.uncompressed_size])
+        c.block_id == digest(_PATTERN[c.file_offset : c.file_offset + c.uncompressed_size])
         for c in big
     )
     distinct = {
@@ -255,36 +355,45 @@ def test_file_chunks_in_file_order_and_deduplicated(tmp_path: Path) -> None:
         for path in _expected_files()
         for c in image.file_chunks(image.lookup(path))
     }
-    assert image.blobs[0].chunk_count == len(distinct) == 13
+    assert image.blobs[0].chunk_count == len(distinct) == 14
 
 
-def test_sparse_file_reads_holes_as_zeros(tmp_path: Path) -> None:
-    _, image = _open(tmp_path)
-    ino = image.lookup("/data/sparse")
+@pytest.mark.judges
+def test_file_with_a_hole_reads_it_as_zeros(build: Builder) -> None:
+    built = build()
+    data, content = _with_hole(built, "/data/zeros", 1)
+    image = RafsV5Image(data, "holed")
+    ino = image.lookup("/data/zeros")
     assert image.inode(ino).has_hole
-    assert [c.file_offset for c in image.file_chunks(ino)] == [0, 3 * CHUNK]
-    sparse = TREE["/data/sparse"]
-    assert isinstance(sparse, File)
-    data = sparse.data
-    assert image.read_file(ino, tmp_path) == data
-    assert image.read_file(ino, tmp_path, CHUNK - 2, CHUNK + 4) == data[CHUNK - 2 : 2 * CHUNK + 2]
+    assert [c.file_offset for c in image.file_chunks(ino)] == [0, 2 * CHUNK, 3 * CHUNK]
+    assert image.read_file(ino, built.folder) == content == FILES["/data/zeros"]
+    big, big_content = _with_hole(built, "/data/big", 2)
+    image = RafsV5Image(big, "holed")
+    ino = image.lookup("/data/big")
+    assert image.read_file(ino, built.folder) == big_content != _PATTERN
+    assert image.read_file(ino, built.folder, 2 * CHUNK - 2, CHUNK + 4) == (
+        big_content[2 * CHUNK - 2 : 3 * CHUNK + 2])  # fmt: skip
 
 
-def test_huge_holes_are_read_in_ranges_only(tmp_path: Path) -> None:
-    built, image = _open(tmp_path)
-    ino = image.lookup("/data/sparse")
-    huge = _patched_inode(built.bootstrap, image, ino, i_size=1 << 40)
+@pytest.mark.judges
+def test_huge_holes_are_read_in_ranges_only(build: Builder) -> None:
+    built = build()
+    data, _ = _with_hole(built, "/data/zeros", 1)
+    image = RafsV5Image(data, "holed")
+    ino = image.lookup("/data/zeros")
+    huge = _patched_inode(data, image, ino, i_size=1 << 40)
     image = RafsV5Image(huge, "huge")
     with pytest.raises(InvalidArgument, match="holes"):
-        image.read_file(ino, tmp_path)
-    assert image.read_file(ino, tmp_path, (1 << 40) - 5) == bytes(5)
-    assert image.read_file(ino, tmp_path, 0, 3) == b"aaa"
+        image.read_file(ino, built.folder)
+    assert image.read_file(ino, built.folder, (1 << 40) - 5) == bytes(5)
+    assert image.read_file(ino, built.folder, 0, 3) == b"aaa"
 
 
-def test_inode_digests_are_those_of_the_builder(tmp_path: Path) -> None:
-    _, image = _open(tmp_path, digester=Digester.SHA256)
-    for _, st in image.walk():
-        assert image.digest_matches(st.ino)
+@pytest.mark.judges
+def test_inode_digests_are_those_of_the_builder(build: Builder) -> None:
+    for digester in ("blake3", "sha256"):
+        image = build("--digester", digester).open()
+        assert all(image.digest_matches(st.ino) for _, st in image.walk()), digester
     root = image.inode(image.root_ino)
     digest = digest_function(Digester.SHA256)
     first, count = root.i_child_index, root.i_child_count
@@ -293,65 +402,58 @@ def test_inode_digests_are_those_of_the_builder(tmp_path: Path) -> None:
     )
 
 
-def test_layout_follows_the_v5_builder(tmp_path: Path) -> None:
-    built, image = _open(tmp_path)
+@pytest.mark.judges
+def test_layout_of_the_v5_builder(build: Builder) -> None:
+    built = build()
+    image = built.open()
     sb = image.superblock
     data = built.bootstrap
     assert sb.s_inode_table_offset == RAFSV5_SUPERBLOCK_SIZE
-    assert sb.s_inode_table_entries == len(built.indexes)
-    # the inode table holds offset >> 3 of each index's own record
-    for path, index in built.indexes.items():
+    paths = [path for path, _ in image.walk()]
+    indexes = {path: _record_index(image, path.decode()) for path in paths if path != b"/"}
+    indexes[b"/"] = 1
+    assert sorted(indexes.values()) == list(range(1, sb.s_inode_table_entries + 1))
+    # the inode table holds offset >> 3 of each index's own record, 8-aligned
+    offsets = {}
+    for path, index in indexes.items():
         (value,) = struct.unpack_from("<I", data, RAFSV5_SUPERBLOCK_SIZE + 4 * (index - 1))
-        assert value << 3 == built.offsets[path]
-    # indexes: the root is 1, a directory's children are consecutive from i_child_index
-    assert built.indexes["/"] == 1
-    for index in built.indexes.values():
+        offsets[path] = value << 3
+    # a directory's children are consecutive from i_child_index, after it, sorted by name
+    for index in indexes.values():
         inode = image.inode(index)
         if inode.is_dir:
-            names = [
-                image.name_of(i)
-                for i in range(inode.i_child_index, inode.i_child_index + inode.i_child_count)
-            ]
+            children = range(inode.i_child_index, inode.i_child_index + inode.i_child_count)
+            names = [image.name_of(i) for i in children]
             assert names == sorted(names)
             assert inode.i_child_index > index
         else:
             assert inode.i_child_index == 0
-    assert [built.indexes[p] for p in ("/bin", "/data", "/dev", "/empty", "/etc")] == [
-        2,
-        3,
-        4,
-        5,
-        6,
-    ]
-    assert built.indexes["/bin/sh"] == 9  # after the 7 children of /, once /bin is laid out
-    # records: depth-first pre-order, each 8-aligned, right after the tables
-    by_offset = sorted(built.offsets, key=built.offsets.__getitem__)
-    assert by_offset[:4] == ["/", "/bin", "/bin/sh", "/bin/sh-again"]
-    assert all(offset % 8 == 0 for offset in built.offsets.values())
+    # indexes directory by directory: the root's 7 children, then /bin's
+    root_children = [indexes[b"/" + name] for name in
+                     (b"bin", b"data", b"dev", b"empty", b"etc", b"link", b"names")]  # fmt: skip
+    assert root_children == [2, 3, 4, 5, 6, 7, 8]
+    assert indexes[b"/bin/sh"] == 9
+    # records in index order (as nydus-image 2.2 writes them), right after the tables
+    by_offset = sorted(offsets, key=offsets.__getitem__)
+    assert by_offset == sorted(indexes, key=indexes.__getitem__)
     ext_end = sb.s_extended_blob_table_offset + 64 * sb.s_extended_blob_table_entries
-    assert built.offsets["/"] == ext_end
+    assert offsets[b"/"] == ext_end
     assert len(data) % 8 == 0
     assert sb.s_blob_table_size % 8 == 0
     assert data[sb.s_blob_table_offset + 8 : sb.s_blob_table_offset + 72] == built.blob_id.encode()
 
 
-def test_2022_layout_writes_records_in_index_order(tmp_path: Path) -> None:
-    built, image = _open(tmp_path, layout="2022")
-    by_offset = sorted(built.offsets, key=built.offsets.__getitem__)
-    assert by_offset == sorted(built.indexes, key=built.indexes.__getitem__)
-    assert image.superblock.s_inodes_count == image.superblock.s_inode_table_entries - 3
-    assert image.read_file(image.lookup("/data/big"), tmp_path) == _RANDOM
+@pytest.mark.judges
+def test_prefetch_table(build: Builder) -> None:
+    image = build(prefetch=("/etc", "/bin/sh")).open()
+    assert image.prefetch_inos() == [image.lookup("/etc"), image.lookup("/bin/sh")]
+    assert build().open().prefetch_inos() == []
 
 
-def test_prefetch_table(tmp_path: Path) -> None:
-    built, image = _open(tmp_path, prefetch=["/etc", "/bin/sh"])
-    assert image.prefetch_inos() == [built.inos["/etc"], built.inos["/bin/sh"]]
-    _, plain = _open(tmp_path)
-    assert plain.prefetch_inos() == []
-
-
-def test_lookup_errors(tmp_path: Path) -> None:
-    _, image = _open(tmp_path)
+@pytest.mark.judges
+def test_lookup_errors(build: Builder) -> None:
+    built = build()
+    image = built.open()
     assert image.lookup("/") == image.lookup(b"") == 1
     assert image.lookup("//bin/./sh") == image.lookup("/bin/sh")
     with pytest.raises(NotFound):
@@ -363,54 +465,76 @@ def test_lookup_errors(tmp_path: Path) -> None:
     with pytest.raises(FormatError):
         image.children(image.lookup("/bin/sh"))
     with pytest.raises(InvalidArgument):
-        image.read_file(image.lookup("/bin"), tmp_path)
+        image.read_file(image.lookup("/bin"), built.folder)
 
 
-def test_missing_and_corrupt_blob(tmp_path: Path) -> None:
-    built, image = _open(tmp_path)
+@pytest.mark.judges
+def test_missing_and_corrupt_blob(build: Builder, tmp_path: Path) -> None:
+    built = build("--compressor", "none").copy(tmp_path / "image")
+    image = built.open()
     ino = image.lookup("/data/big")
+    first = image.file_chunks(ino)[0]
     with pytest.raises(NotFound):
         image.read_file(ino, tmp_path / "elsewhere")
-    blob = bytearray(built.blob)
-    blob[100] ^= 1
-    (tmp_path / built.blob_id).write_bytes(bytes(blob))
+    blob = built.blob
+    corrupt = bytearray(blob)
+    corrupt[first.compressed_offset + 100] ^= 1
+    (built.folder / built.blob_id).write_bytes(bytes(corrupt))
     with pytest.raises(IntegrityError):
-        image.read_file(ino, tmp_path)
-    (tmp_path / built.blob_id).write_bytes(built.blob[:50])
+        image.read_file(ino, built.folder)
+    (built.folder / built.blob_id).write_bytes(blob[: first.compressed_offset + 50])
     with pytest.raises(FormatError):
-        image.read_file(ino, tmp_path)
+        image.read_file(ino, built.folder)
     # blobs may also sit under sha256/
-    (tmp_path / built.blob_id).unlink()
-    (tmp_path / "sha256").mkdir()
-    (tmp_path / "sha256" / built.blob_id).write_bytes(built.blob)
-    assert image.read_file(ino, tmp_path) == _RANDOM
+    (built.folder / built.blob_id).unlink()
+    (built.folder / "sha256").mkdir()
+    (built.folder / "sha256" / built.blob_id).write_bytes(blob)
+    assert image.read_file(ino, built.folder) == _PATTERN
 
 
-def test_tree_without_data_has_no_blob() -> None:
-    built = write_v5({"/a": Dir(), "/a/b": Symlink(target=b"x"), "/e": File()})
-    image = RafsV5Image(built.bootstrap, "x")
-    assert image.blobs == [] and built.blob == b"" and image.superblock.s_blob_table_size == 0
+@pytest.mark.judges
+def test_tree_without_data_has_no_blob(tmp_path_factory: pytest.TempPathFactory) -> None:
+    source = tmp_path_factory.mktemp("no-data") / "tree"
+    (source / "a").mkdir(parents=True)
+    os.symlink("x", source / "a" / "b")
+    (source / "e").touch()
+    built = _builder(source, tmp_path_factory)()
+    image = built.open()
+    assert image.blobs == [] and built.blob_id == "" and image.superblock.s_blob_table_size == 0
     assert [p for p, _ in image.walk()] == [b"/", b"/a", b"/a/b", b"/e"]
 
 
 # -- detection -----------------------------------------------------------------------------
 
 
-def test_detected_by_magic_and_version(tmp_path: Path) -> None:
-    built, _ = _open(tmp_path)
-    assert built.bootstrap[:8] == b"SFAR\x00\x05\x00\x00"
-    assert is_rafs_v5(built.bootstrap)
+@pytest.mark.judges
+def test_detected_by_magic_and_version(build: Builder) -> None:
+    data = build().bootstrap
+    assert data[:8] == b"SFAR\x00\x05\x00\x00"
+    assert is_rafs_v5(data)
     assert is_rafs_v5(b"SFAR\x00\x04\x00\x00")
     assert not is_rafs_v5(b"SFAR\x00\x06\x00\x00")
     assert not is_rafs_v5(bytes(1024) + b"\xe2\xe1\xf5\xe0")
-    v4 = write_v5(TREE, chunk_size=CHUNK, version=0x400)
-    assert RafsV5Image(v4.bootstrap, "v4").superblock.s_fs_version == 0x400
+    superblock = RafsV5SuperBlock.unpack(data)
+    v4 = replace(superblock, s_fs_version=0x400).pack() + data[RAFSV5_SUPERBLOCK_SIZE:]
+    assert RafsV5Image(v4, "v4").superblock.s_fs_version == 0x400
     with pytest.raises(FormatError, match="not a RAFS v5"):
-        RafsV5Image(b"SFAR\x00\x06\x00\x00" + built.bootstrap[8:], "v6?")
+        RafsV5Image(b"SFAR\x00\x06\x00\x00" + data[8:], "v6?")
 
 
 # -- corrupt input -------------------------------------------------------------------------
 
+
+def _make_small_tree(root: Path) -> None:
+    """Every v5 entry kind in a few bytes: the corruption sweep's source."""
+    _write(root, "/d/f", b"hello world" * 50)
+    os.link(root / "d/f", root / "d/h")
+    os.setxattr(root / "d", b"user.x", b"yz")
+    _write(root, "/d/zeros", bytes(CHUNK) + b"tail")
+    (root / "e").mkdir()
+    os.symlink("d/f", root / "l")
+    os.setxattr(_write(root, "/z", bytes(range(256)) * 20), b"trusted.t", b"1")
+    os.mknod(root / "c", stat.S_IFCHR | 0o644, os.makedev(5, 1))
 
 
 def _exercise(data: bytes, blob_dir: Path) -> None:
@@ -438,13 +562,14 @@ def _exercise(data: bytes, blob_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fuzz_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
-    blob_dir = tmp_path_factory.mktemp("v5-fuzz")
-    built = write_v5(SMALL_TREE, chunk_size=CHUNK, compressor=Compressor.LZ4_BLOCK, prefetch=["/d"])
-    built.save(blob_dir)
-    _exercise(built.bootstrap, blob_dir)
-    return built.bootstrap, blob_dir
+    source = tmp_path_factory.mktemp("v5-small") / "tree"
+    _make_small_tree(source)
+    built = _builder(source, tmp_path_factory)("--compressor", "lz4_block", prefetch=("/d",))
+    _exercise(built.bootstrap, built.folder)
+    return built.bootstrap, built.folder
 
 
+@pytest.mark.judges
 def test_truncations_give_format_errors(fuzz_image: tuple[bytes, Path]) -> None:
     data, blob_dir = fuzz_image
     for size in [0, 4, 8, 79, 80, 8191, 8192, 8193, *range(8200, len(data), 8)]:
@@ -456,6 +581,7 @@ def test_truncations_give_format_errors(fuzz_image: tuple[bytes, Path]) -> None:
                 image.xattrs(st.ino)
 
 
+@pytest.mark.judges
 def test_bit_flips_give_only_rafs_errors(fuzz_image: tuple[bytes, Path]) -> None:
     data, blob_dir = fuzz_image
     positions = [*range(80), *range(RAFSV5_SUPERBLOCK_SIZE, len(data))]
@@ -466,6 +592,7 @@ def test_bit_flips_give_only_rafs_errors(fuzz_image: tuple[bytes, Path]) -> None
             _exercise(bytes(corrupt), blob_dir)
 
 
+@pytest.mark.judges
 def test_random_field_values_give_only_rafs_errors(fuzz_image: tuple[bytes, Path]) -> None:
     data, blob_dir = fuzz_image
     rng = random.Random(5)
@@ -480,12 +607,7 @@ def test_random_field_values_give_only_rafs_errors(fuzz_image: tuple[bytes, Path
         _exercise(bytes(corrupt), blob_dir)
 
 
-def _patched_inode(data: bytes, image: RafsV5Image, ino: int, **fields: int) -> bytes:
-    offset = image.stat(ino).offset
-    record = replace(image.inode(ino), **fields).pack()  # type: ignore[arg-type]
-    return data[:offset] + record + data[offset + len(record) :]
-
-
+@pytest.mark.judges
 def test_specific_corruptions_are_named(fuzz_image: tuple[bytes, Path]) -> None:
     data, _ = fuzz_image
     image = RafsV5Image(data, "ok")
@@ -656,12 +778,12 @@ def test_superblock_validation() -> None:
 # -- the command line ----------------------------------------------------------------------
 
 
-def test_cli_lists_stats_and_reads_v5(rafs: RafsRunner, tmp_path: Path) -> None:
-    built = write_v5(TREE, chunk_size=CHUNK, compressor=Compressor.ZSTD)
-    boot = str(built.save(tmp_path))
+@pytest.mark.judges
+def test_cli_lists_stats_and_reads_v5(rafs: RafsRunner, build: Builder) -> None:
+    built = build()
+    boot = str(built.folder / "image.boot")
     listing = rafs("ls", boot, "-R").stdout.decode().splitlines()
-    assert set(listing) == {p.rstrip("/") or "/" for p in TREE} | {"/etc", "/data", "/dev",
-                                                                    "/names"}  # fmt: skip
+    assert set(listing) == {*_expected_files(), *OTHERS}
     long = rafs("ls", boot, "/bin", "-l").stdout.decode()
     assert "-rwsr-xr-x   3" in long  # setuid, three names
     for path, data in _expected_files().items():
