@@ -20,8 +20,8 @@ from rafs.builder.merge import (
     MergeLayer,
     MergeOptions,
     MergeResult,
-    _is_own_blob,
     layer_bootstrap,
+    layer_own_blob,
     merged_options,
 )
 from rafs.builder.overlay import OCI_OPAQUE_MARKER, OCI_WHITEOUT_PREFIX, OVERLAYFS_OPAQUE_XATTR
@@ -182,8 +182,9 @@ def reference_merge(layers: Sequence[MergeLayer], options: MergeOptions) -> Merg
     for layer in layers:
         image = layer_bootstrap(layer)
         mapping = {}
-        for blob in image.blobs:
-            if _is_own_blob(blob):
+        own = layer_own_blob(layer, image)
+        for index, blob in enumerate(image.blobs):
+            if index == own:
                 blob = replace(
                     blob,
                     blob_id=layer.hex.encode(),

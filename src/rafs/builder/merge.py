@@ -4,7 +4,8 @@ Each layer is a Nydus layer (or a bare bootstrap) plus its digest. Its bootstrap
 from the end of the layer (ToC, else tar headers) and stacked on the layers below with
 overlay semantics on names (`overlay.py`); the merged tree's inodes are then copied from the
 layers' bytes into the new layout (`merge_writer.py`), so merge costs a few microseconds per
-inode. Every layer's own blob is renamed to the layer digest (hex) and loses
+inode. Every layer's own blob (marked INLINED_FS_META, or in a layer of nydus-image before
+2.2 the one its sections fit) is renamed to the layer digest (hex) and loses
 INLINED_FS_META; blobs a layer references through a chunk dictionary keep their ids (and
 appear once however many layers use them). The blob table lists the blobs in the order the
 merged tree first references them (breadth first), so blobs of layers whose files were all
@@ -28,11 +29,11 @@ from rafs.builder.overlay import MergedDir, stack_layer
 from rafs.builder.raw_bootstrap import RawBootstrap
 from rafs.builder.tree import cyclic_gc_paused
 from rafs.errors import FormatError, InvalidArgument, NotFound, RafsError, Unsupported
-from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
+from rafs.format.blobtable import BlobEntry, BlobFeatures
 from rafs.format.superblock import RafsSuperFlags
 from rafs.format.toc import SECTION_BLOB_META, SECTION_BLOB_META_HEADER, SECTION_BOOTSTRAP
 from rafs.reader.image import RafsImage, is_rafs_v6
-from rafs.reader.layer import read_section
+from rafs.reader.layer import is_marked_inline, own_blob_index, read_section
 
 BOOTSTRAP_NAME_IN_LAYER = "image/image.boot"
 MAX_BOOTSTRAP = 1 << 30
@@ -97,9 +98,18 @@ def layer_bootstrap(layer: MergeLayer) -> RafsImage:
     return RafsImage(data, where)
 
 
-def _is_own_blob(blob: BlobEntry) -> bool:
-    """Whether a layer's blob is the layer itself (the others come from a chunk dict)."""
-    return bool(blob.features & BlobFeatures.INLINED_FS_META) or blob.id == PLACEHOLDER_BLOB_ID
+def layer_own_blob(layer: MergeLayer, image: RafsImage) -> int | None:
+    """The index of the layer's own blob (the others come from a chunk dict): the one marked
+    as inlined, or in a layer of nydus-image before 2.2 the one the layer's sections fit
+    (`own_blob_index`); None for a bootstrap whose own blob already has its real id."""
+    marked = [index for index, blob in enumerate(image.blobs) if is_marked_inline(blob)]
+    if len(marked) > 1:
+        raise Unsupported(f"{image.source}: a layer bootstrap with {len(marked)} data blobs "
+                          "of its own cannot be merged")  # fmt: skip
+    layer.reader.seek(0)
+    if marked or is_rafs_v6(layer.reader.read(4096)):
+        return marked[0] if marked else None
+    return own_blob_index(layer.reader, image.blobs, image.source)
 
 
 def merged_options(image: RafsImage, prefetch_patterns: tuple[str, ...]) -> BootstrapOptions:
@@ -138,13 +148,10 @@ def _merge(layers: Sequence[MergeLayer], options: MergeOptions) -> MergeResult:
                 f"{raws[0].image.chunk_size:#x} of the layers below; all layers must share "
                 "one chunk size"
             )
-        own = [b for b in image.blobs if _is_own_blob(b)]
-        if len(own) > 1:
-            raise Unsupported(f"{image.source}: a layer bootstrap with {len(own)} data blobs "
-                              "of its own cannot be merged")  # fmt: skip
+        own = layer_own_blob(layer, image)
         layer_slots = []
-        for blob in image.blobs:
-            if _is_own_blob(blob):
+        for index, blob in enumerate(image.blobs):
+            if index == own:
                 blob = replace(blob, blob_id=layer.hex.encode(),
                                features=blob.features & ~BlobFeatures.INLINED_FS_META)
             if blob.id not in slots:

@@ -1,20 +1,24 @@
 """Where a bootstrap's data blobs are found, and reading chunks out of them.
 
-A blob that carries the bootstrap inline (a Nydus layer; its table entry has the
-INLINED_FS_META feature or the placeholder id) is the layer file itself. Any other blob is
-looked up by id in the blob folder: a file named `<blob id>`, or `sha256/<blob id>`.
+An image opened from a Nydus layer reads the layer's own blob from the layer file itself,
+whatever id the blob table gives it: the entry marked as inlined (INLINED_FS_META or the
+placeholder id), or for layers of nydus-image before 2.2 the one whose sizes fit the
+layer's sections (`reader.layer.own_blob_index`). Any other blob is looked up by id in the
+blob folder: a file named `<blob id>`, or `sha256/<blob id>`.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import BinaryIO
 
 from rafs.codecs import decompress, digest_function
 from rafs.errors import FormatError, IntegrityError, NotFound
-from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures
+from rafs.format.blobtable import BlobEntry
 from rafs.format.chunktable import ChunkInfo
 from rafs.reader.image import RafsImage
+from rafs.reader.layer import own_blob_index
 
 
 class BlobSet:
@@ -35,11 +39,19 @@ class BlobSet:
         """Whether the image is a single Nydus layer (its bootstrap inlined in its blob)."""
         return self._layer is not None
 
+    @functools.cached_property
+    def _own_index(self) -> int | None:
+        """The index of the layer's own blob; None when the image is not a layer, or the
+        layer stores no chunks of its own. Found when first needed."""
+        if self._layer is None:
+            return None
+        if isinstance(self._layer, Path):
+            with self._layer.open("rb") as f:
+                return own_blob_index(f, self.image.blobs, self.image.source)
+        return own_blob_index(self._layer, self.image.blobs, self.image.source)
+
     def _is_layer(self, index: int) -> bool:
-        blob = self.image.blobs[index]
-        return self._layer is not None and bool(
-            blob.features & BlobFeatures.INLINED_FS_META or blob.id == PLACEHOLDER_BLOB_ID
-        )
+        return index == self._own_index
 
     def path(self, index: int) -> Path:
         blob = self.image.blobs[index]

@@ -2,11 +2,22 @@
 
 Only the bytes needed are read: the last tar header, the ToC entries, then the section
 itself. Layers without a ToC (older builders) are walked header by header backwards.
+
+A layer is its own data blob, and `own_blob_index` says which entry of its bootstrap's blob
+table that is. rafs and nydus-image 2.2 and later mark it (INLINED_FS_META, the placeholder
+id). nydus-image before 2.2 wrote neither: the entry has features ALIGNED alone and the
+blob's hash as id, which is not the layer file's digest, and its compressed size counts the
+chunks alone. The chunks open the layer, in its `image.blob` section, which holds them alone
+(master of late 2022) or (v2.1, `--inline-bootstrap`) is followed there by the CI table and
+its header. So an unmarked entry is the layer's when the image.blob section holds exactly
+its bytes; other entries are blobs of a chunk dictionary or a parent, found by id in a
+blob folder (and so is every blob when no entry, or more than one, fits).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from rafs.codecs import ZSTD_MAGIC, decompress, zstd_bounded
@@ -18,8 +29,9 @@ from rafs.format.blobmeta import (
     ChunkInfoV2,
     unpack_ci_table,
 )
-from rafs.format.blobtable import Compressor
+from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobEntry, BlobFeatures, Compressor
 from rafs.format.toc import (
+    SECTION_BLOB,
     SECTION_BLOB_META,
     TAR_BLOCK,
     TOC_NAME,
@@ -161,3 +173,31 @@ def read_blob_meta(
         return header, unpack_ci_table(data, header)
     except FormatError as exc:
         raise FormatError(f"{what}: {exc}") from None
+
+
+def is_marked_inline(blob: BlobEntry) -> bool:
+    """Whether a blob table entry says it is the layer its bootstrap is inlined in."""
+    return bool(blob.features & BlobFeatures.INLINED_FS_META) or blob.id == PLACEHOLDER_BLOB_ID
+
+
+def own_blob_index(f: BinaryIO, blobs: Sequence[BlobEntry], where: str) -> int | None:
+    """The index of the blob table entry that is the layer `f` itself, or None when no entry
+    is (every chunk of the layer lives in other blobs). See the module docstring."""
+    for index, blob in enumerate(blobs):
+        if is_marked_inline(blob):
+            return index
+    try:
+        offset, size = _find_by_headers(f, SECTION_BLOB, where)
+    except NotFound:
+        return None
+    fitting = [index for index, blob in enumerate(blobs) if offset == 0 and _fits(blob, size)]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+def _fits(blob: BlobEntry, image_blob_size: int) -> bool:
+    """Whether the layer's image.blob section (at its start) holds this blob: its chunks
+    alone, or (nydus-image 2.1) its chunks, then its CI table and header."""
+    if image_blob_size == blob.compressed_size:
+        return True
+    with_ci = blob.ci_offset + blob.ci_compressed_size + BLOB_META_HEADER_SIZE
+    return blob.ci_offset == blob.compressed_size and image_blob_size == with_ci
