@@ -1,6 +1,7 @@
 """Every content store runs the conformance suite; LocalStore also its on-disk contract.
 
-LocalStore-only checks: containerd's exact layout, read-only blobs, locks held across
+LocalStore-only checks: its files are those a real containerd writes after the same
+operations, and it resumes an ingest containerd left; read-only blobs, locks held across
 processes, a writer SIGKILLed at random points (never a partial blob; the ingest resumes),
 and two processes committing the same content (exactly one wins). A hypothesis property
 drives random interleavings of writer operations on both stores.
@@ -32,11 +33,15 @@ from hypothesis import strategies as st
 
 from rafs.content import Store, Writer, open_writer, read_blob, write_blob
 from rafs.content.containerd import ContainerdStore, server_filters
-from rafs.content.local import LocalStore, format_time, parse_time
+from rafs.content.local import LocalStore, format_time
 from rafs.content.memory import MemoryStore
 from rafs.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from tests.conformance.content_suite import ContentStoreSuite, sha
-from tests.support.containerd import Containerd, containerd  # noqa: F401 (fixture)
+from tests.support.containerd import (  # noqa: F401 (fixture)
+    Containerd,
+    containerd,
+    start_containerd,
+)
 
 StoreFactory = Callable[[Path, pytest.FixtureRequest], Store]
 _namespaces = itertools.count()
@@ -54,6 +59,9 @@ FACTORIES: dict[str, StoreFactory] = {
     "containerd": containerd_store,
 }
 
+STORE_PARAMS = ["memory", "local", pytest.param("containerd", marks=pytest.mark.containerd)]
+"""The names of FACTORIES as fixture params, each marked with the component it starts."""
+
 NOT_CONFORMING: dict[tuple[str, str], str] = {
     ("containerd", "test_reader_survives_delete"):
         "containerd's ReaderAt is remote: every read_at is a Read RPC by digest, and Delete "
@@ -64,7 +72,7 @@ NOT_CONFORMING: dict[tuple[str, str], str] = {
 They run as strict xfails, so a store that starts to conform fails the run."""
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+@pytest.fixture(params=STORE_PARAMS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     reason = NOT_CONFORMING.get((request.param, request.node.originalname))
     if reason is not None:
@@ -200,32 +208,77 @@ def test_containerd_unreachable_socket(tmp_path: Path) -> None:
 RFC3339NANO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
 
 
-def test_local_layout(tmp_path: Path) -> None:
-    root = tmp_path / "store"
-    store = LocalStore(root)
-    ref = "nydus-merge-sha256:abc"
-    data = b"layout bytes"
-    with store.writer(ref, total=len(data)) as w:
-        w.write(data[:5])
-    ingest = root / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
-    assert sorted(os.listdir(root / "ingest")) == [ingest.name]
-    assert sorted(os.listdir(ingest)) == ["data", "ref", "startedat", "total", "updatedat"]
-    assert (ingest / "ref").read_bytes() == ref.encode()
-    assert (ingest / "total").read_bytes() == str(len(data)).encode()
-    assert (ingest / "data").read_bytes() == data[:5]
-    for name in ("startedat", "updatedat"):
-        assert RFC3339NANO.fullmatch((ingest / name).read_text())
-    with store.writer(ref) as w:
-        w.write(data[5:])
-        w.commit(len(data), sha(data))
-    blob = root / "blobs" / "sha256" / sha(data).hex
-    assert blob.read_bytes() == data
-    assert stat.S_IMODE(blob.stat().st_mode) == 0o444
-    assert blob.stat().st_nlink == 1
-    assert os.listdir(root / "ingest") == []
-    assert os.listdir(root / "blobs" / "sha256") == [blob.name]
-    assert {p.name for p in root.iterdir()} - {"metadata.db-wal", "metadata.db-shm"} == {
-        "blobs", "ingest", "metadata.db", "metadata.db.lock"}  # fmt: skip
+CONTENT_PLUGIN = "io.containerd.content.v1.content"
+"""containerd's local content store, under its root."""
+LOCAL_ONLY = {"metadata.db", "metadata.db-wal", "metadata.db-shm", "metadata.db.lock"}
+TIMES = {"startedat", "updatedat"}
+WHOLE, RESUMED = b"whole blob\n" * 100, b"0123456789" * 300
+
+
+def _same_operations(store: Store, ref: Callable[[str], str]) -> None:
+    """Commits (whole, and resumed by a second writer), two unfinished ingests (one with a
+    total, one without), an aborted one, and the same content committed again."""
+    write_blob(store, ref("whole"), io.BytesIO(WHOLE), expected=sha(WHOLE))
+    with store.writer(ref("resumed"), total=len(RESUMED)) as w:
+        w.write(RESUMED[:1234])
+    with store.writer(ref("resumed"), total=len(RESUMED)) as w:
+        w.write(RESUMED[1234:])
+        w.commit(len(RESUMED), sha(RESUMED))
+    with store.writer(ref("nydus-merge-sha256:abc"), total=100) as w:
+        w.write(b"partial")
+    with store.writer(ref("size unknown")) as w:
+        w.write(b"some bytes")
+    with store.writer(ref("aborted")) as w:
+        w.write(b"gone")
+    store.abort(ref("aborted"))
+    again = store.writer(ref("again"))
+    again.write(WHOLE)
+    with pytest.raises(AlreadyExists):
+        again.commit(len(WHOLE), sha(WHOLE))
+
+
+def _content_tree(root: Path) -> dict[str, tuple[str, int, bytes | None]]:
+    """Relative path -> (mode, link count, content); times as their format, if RFC 3339."""
+    tree: dict[str, tuple[str, int, bytes | None]] = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if relative in LOCAL_ONLY:
+            continue
+        st = path.lstat()
+        content = None if stat.S_ISDIR(st.st_mode) else path.read_bytes()
+        if path.name in TIMES and content is not None and RFC3339NANO.fullmatch(content.decode()):
+            content = b"<RFC 3339 time>"
+        tree[relative] = (stat.filemode(st.st_mode), st.st_nlink, content)
+    return tree
+
+
+@pytest.mark.containerd
+def test_local_layout_is_containerds(tmp_path: Path) -> None:
+    """After the same operations, a LocalStore's directory holds what a real containerd's
+    content root (`io.containerd.content.v1.content`) holds: the same paths
+    (`blobs/sha256/<hex>`, `ingest/<sha256 of ref>/{data,ref,startedat,updatedat,total}`),
+    modes, link counts and bytes; `startedat`/`updatedat` are RFC 3339 times in both.
+
+    containerd is driven through its gRPC service, whose metadata layer hands its local
+    store the ref `<namespace>/<n>/<ref>`: the LocalStore, standing for that local store,
+    ingests under the refs read back from containerd's `ref` files.
+
+    Intended differences, left out: LocalStore keeps labels and update times in SQLite
+    beside the content (`metadata.db`, its WAL files and `metadata.db.lock`); containerd
+    keeps them, per namespace, in bolt outside it (`io.containerd.metadata.v1.bolt`).
+    """
+    with start_containerd(tmp_path / "containerd") as daemon:
+        with ContainerdStore(daemon.socket, namespace="layout") as store:
+            _same_operations(store, lambda ref: ref)
+        content_root = daemon.root / CONTENT_PLUGIN
+        theirs = _content_tree(content_root)
+    on_disk = [path.read_text() for path in (content_root / "ingest").glob("*/ref")]
+    assert len(on_disk) == 2, on_disk
+    local_ref = {ref.split("/", 2)[2]: ref for ref in on_disk}
+    _same_operations(LocalStore(tmp_path / "local"), lambda ref: local_ref.get(ref, ref))
+    ours = _content_tree(tmp_path / "local")
+    assert {f"blobs/sha256/{sha(data).hex}" for data in (WHOLE, RESUMED)} <= theirs.keys()
+    assert ours == theirs
 
 
 def test_local_first_commits_from_many_threads_all_keep_their_labels(tmp_path: Path) -> None:
@@ -248,23 +301,34 @@ def test_local_first_commits_from_many_threads_all_keep_their_labels(tmp_path: P
         assert labels == [{"n": str(n)} for n in range(4)]
 
 
-def test_local_resumes_containerd_ingest(tmp_path: Path) -> None:
-    """An ingest as containerd writes it (Go timestamps with an offset) resumes."""
-    store = LocalStore(tmp_path)
-    ref = "containerd-ref"
-    ingest = store.ingest_path(ref)
-    ingest.mkdir()
-    (ingest / "ref").write_text(ref)
-    (ingest / "data").write_bytes(b"partial")
-    (ingest / "startedat").write_text("2024-05-06T07:08:09.123456789+02:00")
-    (ingest / "updatedat").write_text("2024-05-06T07:08:10+02:00")
+@pytest.mark.containerd
+def test_local_resumes_an_ingest_containerd_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unfinished ingest a real containerd left in its content root (its times in local
+    time with an offset: containerd runs with TZ=Asia/Kolkata, +05:30) has, in a LocalStore
+    opened on that root, the offset, total and start time containerd gave; it resumes and
+    commits to containerd's blob path."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    with start_containerd(tmp_path / "containerd") as daemon:
+        with ContainerdStore(daemon.socket, namespace="resume") as containerd_store:
+            with containerd_store.writer("left", total=20) as w:
+                w.write(b"partial")
+            theirs = containerd_store.status("left")
+        content_root = daemon.root / CONTENT_PLUGIN
+    (ref_file,) = (content_root / "ingest").glob("*/ref")
+    assert (ref_file.parent / "startedat").read_text().endswith("+05:30")
+    store = LocalStore(content_root, create=False)
+    ref = ref_file.read_text()
     status = store.status(ref)
-    assert (status.offset, status.total) == (7, 0)
-    assert status.started_at == parse_time("2024-05-06T05:08:09.123456Z")
-    with store.writer(ref) as w:
+    assert (status.offset, status.total) == (theirs.offset, theirs.total) == (7, 20)
+    assert status.started_at == theirs.started_at
+    with store.writer(ref, total=20) as w:
         assert (w.status().offset, w.digest()) == (7, sha(b"partial"))
         w.write(b" and the rest")
-        w.commit(0, sha(b"partial and the rest"))
+        w.commit(20, sha(b"partial and the rest"))
+    assert (content_root / "blobs/sha256" / sha(b"partial and the rest").hex).is_file()
+    assert list((content_root / "ingest").iterdir()) == []
 
 
 def test_local_format_time() -> None:
