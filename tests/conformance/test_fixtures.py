@@ -138,6 +138,7 @@ def test_cli_lists_reads_and_checks_fixture(rafs: RafsRunner, fixtures_dir: Path
     assert "ok: 3 inodes, 2 chunks" in result.stdout.decode()
 
 
+@pytest.mark.kernel
 def test_fixture_exports_and_mounts_in_kernel(
     rafs: RafsRunner, fixtures_dir: Path, tmp_path: Path
 ) -> None:

@@ -487,6 +487,7 @@ def _judged_entries(bootstrap: Path) -> dict[str, tuple[object, ...]]:
     }  # fmt: skip
 
 
+@pytest.mark.judges
 def test_merge_agrees_with_the_real_merger(
     umoci_image: UmociImage, nydus_layers: NydusLayers, rafs: RafsRunner, tmp_path: Path
 ) -> None:

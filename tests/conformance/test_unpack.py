@@ -25,6 +25,8 @@ from rafs.reader.artifact import open_artifact
 from tests.conftest import RafsRunner
 from tests.support.tree import compare, snapshot
 
+pytestmark = pytest.mark.root
+
 GNU_TAR_EXTRACT = ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner",
                    "--warning=no-timestamp", "-xpf"]  # fmt: skip
 """As root, -p restores modes (setuid included) and --same-owner is the default; xattrs of

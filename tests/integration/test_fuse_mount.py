@@ -37,6 +37,8 @@ from tests.support.fuse import (
 from tests.support.kernel import require_kernel_erofs
 from tests.support.patching import redirect_dirent
 
+pytestmark = pytest.mark.fuse
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _fuse() -> None:

@@ -87,6 +87,7 @@ esac
     helper.chmod(0o755)
 
 
+@pytest.mark.registry
 def test_credential_helpers(basic_registry: Registry, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """`credHelpers` (per host) before `credsStore` (every host) before `auths`, as the Docker
@@ -119,6 +120,7 @@ def test_credential_helpers(basic_registry: Registry, tmp_path: Path,
         _round_trip(client, "rafs/helper")
 
 
+@pytest.mark.registry
 def test_basic_auth(basic_registry: Registry, tmp_path: Path) -> None:
     credentials = _docker_config(tmp_path, basic_registry.host, "alice", USERS["alice"])
     with RegistryClient(basic_registry.host, plain_http=True, credentials=credentials) as client:
@@ -136,6 +138,7 @@ def test_basic_auth(basic_registry: Registry, tmp_path: Path) -> None:
         client.repository("rafs/basic").get_manifest("v1")
 
 
+@pytest.mark.registry
 def test_bearer_token(token_setup: tuple[Registry, TokenServer], tmp_path: Path) -> None:
     registry, tokens = token_setup
     credentials = _docker_config(tmp_path, registry.host, "alice", USERS["alice"])
@@ -154,6 +157,7 @@ def test_bearer_token(token_setup: tuple[Registry, TokenServer], tmp_path: Path)
     assert len(tokens.requests) <= 6
 
 
+@pytest.mark.registry
 def test_bearer_token_refused(token_setup: tuple[Registry, TokenServer]) -> None:
     registry, _ = token_setup
     refused = "refused anonymous access for repository:rafs/x:pull"
@@ -166,6 +170,7 @@ def test_bearer_token_refused(token_setup: tuple[Registry, TokenServer]) -> None
         client.ping()
 
 
+@pytest.mark.registry
 def test_no_password_to_plain_http_realm(token_setup: tuple[Registry, TokenServer]) -> None:
     """Over https the client would not send the password to an http:// realm."""
     registry, tokens = token_setup

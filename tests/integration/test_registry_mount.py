@@ -42,6 +42,8 @@ from tests.support.registry import Registry, registry, start_registry  # noqa: F
 
 VICTIM = "files/chunk-exact"
 
+pytestmark = pytest.mark.fuse
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _fuse() -> None:

@@ -30,7 +30,7 @@ from rafs.oci.constants import NYDUS_BLOB
 from rafs.oci.constants import OCI_LAYER_GZIP as LAYER_GZIP
 from rafs.reader.artifact import open_artifact_reader
 from rafs.reader.blobs import read_file
-from tests.conformance.test_content_stores import FACTORIES
+from tests.conformance.test_content_stores import FACTORIES, STORE_PARAMS
 from tests.support.containerd import containerd
 from tests.support.tarballs import make_tar
 
@@ -61,7 +61,7 @@ def make_chain(cache: CacheManager, *tars: bytes) -> ImmutableRef:
     return ref
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+@pytest.fixture(params=STORE_PARAMS)
 def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheManager]:
     """A cache over each kind of store: memory, local, and a real containerd."""
     store = FACTORIES[request.param](tmp_path, request)

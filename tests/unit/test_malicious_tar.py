@@ -153,7 +153,8 @@ def _kind(mode: int) -> str:
 CONTAINED = sorted(_contained_cases(Path("/")))
 
 
-@pytest.mark.parametrize("case", CONTAINED)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.root) if case == "devices"
+                                  else case for case in CONTAINED])  # fmt: skip
 def test_create_and_unpack_contain(rafs: RafsRunner, arena: Arena, case: str) -> None:
     if case == "devices" and os.geteuid() != 0:
         pytest.fail("unpacking device nodes needs root (run the tests as root)")
