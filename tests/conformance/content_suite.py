@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,10 +158,15 @@ class ContentStoreSuite:
 
     def test_open_writer_waits_for_the_lock(self, store: Store) -> None:
         w = store.writer("wait")
-        threading.Timer(0.1, w.close).start()
-        start = time.monotonic()
+        releasing = threading.Event()
+
+        def release() -> None:
+            releasing.set()  # before the lock goes: a writer got too early if this is unset
+            w.close()
+
+        threading.Timer(0.1, release).start()
         with open_writer(store, "wait", timeout=10) as again:
-            assert time.monotonic() - start >= 0.05
+            assert releasing.is_set(), "open_writer returned while the ref was still locked"
             assert again.status().ref == "wait"
         held = store.writer("held")
         try:
