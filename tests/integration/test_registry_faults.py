@@ -22,8 +22,9 @@ FAST = RetryPolicy(attempts=10, base_delay=0.005, max_delay=0.05)
 
 
 def test_push_and_pull_through_faults(registry: Registry, tmp_path: Path) -> None:  # noqa: F811
-    seen = [request for seed in (1, 2, 3) for request in _round_trip(registry, tmp_path, seed)]
-    # the faults exercised every recovery path: resumed uploads and resumed downloads
+    # Each seed's faults are the same in every run; these take every recovery path, as
+    # asserted: resumed uploads and resumed downloads.
+    seen = [request for seed in (1, 2, 5) for request in _round_trip(registry, tmp_path, seed)]
     assert any(s.method == "GET" and "/blobs/uploads/" in s.path for s in seen)
     assert any(s.method == "GET" and s.headers.get("Range", "").endswith("-") for s in seen)
 

@@ -2,7 +2,8 @@
 
 `start_fault_proxy(registry_host, faults)` forwards every request to the registry (Host
 header kept, so the registry's upload Locations point back at the proxy) and, drawing from
-a seeded random generator per request, instead:
+a random generator seeded by `faults.seed`, the request and how many times the same request
+came before (`fault_key`), instead:
 - answers 500 without forwarding (`error_500`),
 - closes the connection without forwarding (`drop_before`),
 - forwards, then closes without answering: the registry did the work, the client never hears
@@ -12,17 +13,21 @@ a seeded random generator per request, instead:
 - flips one byte of one blob, at a given offset, in every ranged answer (206) covering it
   (`corrupt_at = (digest, offset)`): one damaged chunk for lazy reads;
 - answers blob GETs with 307 to another origin (`redirect_blobs_to`).
-Every request is recorded (method, path, headers). Responses always close the connection.
+So a seed gives the same faults to the same requests in every run, in whatever order
+concurrent clients send them. Every request is recorded (method, path, headers), and every
+fault injected (`Server.injected`). Responses always close the connection.
 `start_blob_store(registry)` is that other origin: it serves blobs straight from the
 registry's storage directory and records the headers it was sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import random
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from tests.support.registry import Registry
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "content-length"}
 _BLOB_GET = re.compile(r"/v2/.+/blobs/(sha256:[0-9a-f]{64})$")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/")
+_UPLOAD_SESSION = re.compile(r"(/blobs/uploads/)[^/?]+")
 
 
 @dataclass
@@ -59,6 +65,19 @@ class Seen:
 class Server:
     host: str
     seen: list[Seen] = field(default_factory=list)
+    injected: list[str] = field(default_factory=list)
+    """`<fault> <method> <path>` of each fault injected, in order."""
+
+
+def fault_key(method: str, path: str, headers: dict[str, str], body: bytes) -> str:
+    """What makes two requests the same for the fault draws: the method, the path without
+    the registry's random upload session id and `_state`, the byte range, and the body."""
+    path, _, query = path.partition("?")
+    kept = sorted(p for p in query.split("&") if p and not p.startswith("_state="))
+    ranges = [f"{k}={v}" for k, v in sorted(headers.items())
+              if k.lower() in ("range", "content-range")]  # fmt: skip
+    return " ".join([method, _UPLOAD_SESSION.sub(r"\1*", path), "&".join(kept), *ranges,
+                     hashlib.sha256(body).hexdigest()])  # fmt: skip
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -90,22 +109,28 @@ class _ProxyHandler(_Handler):
     def handle_one(self) -> None:
         self._record()
         faults: Faults = self.server.faults
-        with self.server.lock:
-            draw = [self.server.random.random() for _ in range(4)]
         body = self._body()
+        key = fault_key(self.command, self.path, dict(self.headers.items()), body)
+        with self.server.lock:
+            self.server.times_seen[key] += 1
+            rng = random.Random(f"{faults.seed} {self.server.times_seen[key]} {key}")
+        draw = [rng.random() for _ in range(4)]
         blob = _BLOB_GET.search(self.path.split("?")[0])
         if faults.redirect_blobs_to and blob and self.command == "GET":
             self._reply(307, [("Location", f"{faults.redirect_blobs_to}/{blob.group(1)}")], b"")
             return
         if draw[0] < faults.error_500:
+            self._injected("error_500")
             self._reply(500, [("Content-Type", "application/json")],
                         b'{"errors":[{"code":"UNKNOWN","message":"injected fault"}]}')  # fmt: skip
             return
         if draw[1] < faults.drop_before:
+            self._injected("drop_before")
             self.close_connection = True
             return
         status, headers, data, length = self._forward(body)
         if draw[2] < faults.drop_after:
+            self._injected("drop_after")
             self.close_connection = True
             return
         if faults.corrupt and blob and self.command == "GET" and data:
@@ -113,6 +138,7 @@ class _ProxyHandler(_Handler):
         if faults.corrupt_at and blob and blob.group(1) == faults.corrupt_at[0] and status == 206:
             data = _flip(data, headers, faults.corrupt_at[1])
         if draw[3] < faults.cut_body and len(data) > 1:
+            self._injected("cut_body")
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
@@ -122,6 +148,10 @@ class _ProxyHandler(_Handler):
             self.close_connection = True
             return
         self._reply(status, headers, data, length)
+
+    def _injected(self, fault: str) -> None:
+        with self.server.lock:
+            self.server.state.injected.append(f"{fault} {self.command} {self.path}")
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes, int | None]:
         connection = http.client.HTTPConnection(self.server.upstream, timeout=60)
@@ -183,7 +213,7 @@ def _serve(handler: type[_Handler], **attributes: Any) -> Iterator[Server]:
 @contextmanager
 def start_fault_proxy(upstream: str, faults: Faults) -> Iterator[Server]:
     with _serve(_ProxyHandler, upstream=upstream, faults=faults,
-                random=random.Random(faults.seed)) as server:  # fmt: skip
+                times_seen=Counter[str]()) as server:  # fmt: skip
         yield server
 
 
