@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -19,8 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 600) -> str:
+    """Run without PYTHONPATH, so a source tree on it cannot stand in for the install."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                            check=False)  # fmt: skip
+                            env=env, check=False)  # fmt: skip
     if result.returncode != 0:
         pytest.fail(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr[-3000:]}",
                     pytrace=False)  # fmt: skip
