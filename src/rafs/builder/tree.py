@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from rafs.format.inode import ModeKind
-from rafs.format.xattr import XATTR_PREFIXES
+from rafs.format.xattr import find_namespace
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ writes 0644); the kernel ignores a symlink's permissions, but shows those it is 
 
 def storable_xattrs(xattrs: dict[bytes, bytes], where: str) -> dict[bytes, bytes]:
     """The xattrs of a source entry that RAFS v6 can store: those in a namespace EROFS has a
-    name prefix for (`XATTR_PREFIXES`). Any other (macOS tars carry bare names such as
+    name prefix for (`find_namespace`). Any other (macOS tars carry bare names such as
     `com.apple.provenance`) is dropped with one warning naming `where` and the xattr, as
     containerd's applier drops the xattrs a filesystem refuses, instead of failing the layer.
     """
     kept = {}
     for name, value in xattrs.items():
-        if any(name.startswith(prefix) for _, prefix in XATTR_PREFIXES):
+        if find_namespace(name) is not None:
             kept[name] = value
         else:
             log.warning("%s: xattr %r dropped: RAFS v6 has no namespace for it", where,

@@ -48,12 +48,21 @@ class XattrEntry(Record):
     e_value_size: int
 
 
-def split_name(name: bytes) -> tuple[int, bytes]:
-    """(name index, suffix) of a full xattr name; only the five RAFS namespaces are allowed."""
+def find_namespace(name: bytes) -> tuple[int, bytes] | None:
+    """(name index, suffix) of a full xattr name in one of the five RAFS namespaces, else
+    None."""
     for index, prefix in XATTR_PREFIXES:
         if name.startswith(prefix):
             return index, name[len(prefix) :]
-    raise InvalidArgument(f"xattr {name!r}: namespace not supported by RAFS v6")
+    return None
+
+
+def split_name(name: bytes) -> tuple[int, bytes]:
+    """(name index, suffix) of a full xattr name; only the five RAFS namespaces are allowed."""
+    split = find_namespace(name)
+    if split is None:
+        raise InvalidArgument(f"xattr {name!r}: namespace not supported by RAFS v6")
+    return split
 
 
 def sorted_xattrs(xattrs: dict[bytes, bytes]) -> list[tuple[int, bytes, bytes]]:
