@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from rafs.codecs import ZSTD_MAGIC, decompress, zstd_bounded
 from rafs.errors import FormatError, NotFound
@@ -175,7 +175,17 @@ def read_blob_meta(
         raise FormatError(f"{what}: {exc}") from None
 
 
-def is_marked_inline(blob: BlobEntry) -> bool:
+class BlobIdentity(Protocol):
+    """What `is_marked_inline` reads of a blob table entry (RAFS v6 or v5)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def features(self) -> int: ...
+
+
+def is_marked_inline(blob: BlobIdentity) -> bool:
     """Whether a blob table entry says it is the layer its bootstrap is inlined in."""
     return bool(blob.features & BlobFeatures.INLINED_FS_META) or blob.id == PLACEHOLDER_BLOB_ID
 

@@ -7,8 +7,8 @@ indexes `i_child_index ..`; a hard link's record carries the owning link's numbe
 Every offset and size taken from the image is checked before use, so a corrupt image gives
 a `FormatError` naming the image, never an `IndexError` or `struct.error`, and never a loop.
 File data is read from blob files named by blob id and checked against the chunk digests;
-an image opened from a Nydus layer reads its inlined blob (INLINED_FS_META, or the
-placeholder id) from the layer file itself.
+an image opened from a Nydus layer reads its inlined blob (`is_marked_inline`:
+INLINED_FS_META, or the placeholder id) from the layer file itself.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rafs.errors import (
     RafsError,
     Unsupported,
 )
-from rafs.format.blobtable import PLACEHOLDER_BLOB_ID, BlobFeatures, Compressor, Digester
+from rafs.format.blobtable import Compressor, Digester
 from rafs.format.chunktable import ChunkInfo
 from rafs.format.inode import ModeKind, decode_rdev
 from rafs.format.superblock import RafsSuperFlags
@@ -52,6 +52,7 @@ from rafs.format.v5 import (
 )
 from rafs.reader.blobs import read_stored_chunk
 from rafs.reader.image import lookup_path
+from rafs.reader.layer import is_marked_inline
 
 MAX_HOLE_READ = 64 << 20  # zero bytes of holes one read_file call may return
 
@@ -365,8 +366,7 @@ class RafsV5Image:
 
     def _blob_path(self, index: int, blob_dir: Path) -> Path:
         blob = self.blobs[index]
-        if self.layer is not None and (blob.features & BlobFeatures.INLINED_FS_META
-                                       or blob.id == PLACEHOLDER_BLOB_ID):  # fmt: skip
+        if self.layer is not None and is_marked_inline(blob):
             return self.layer
         blob_id = blob.id
         for candidate in (blob_dir / blob_id, blob_dir / "sha256" / blob_id):
