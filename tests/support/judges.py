@@ -74,7 +74,6 @@ def containerd_nydus_grpc() -> Path:
     return _tool(folder, "containerd-nydus-grpc")
 
 
-
 def crictl() -> Path:
     """`crictl` of cri-tools: pulls through containerd's CRI plugin, which labels each layer
     snapshot as remote snapshotters expect (`containerd.io/snapshot/cri.*`)."""
@@ -88,6 +87,7 @@ def buildkitd() -> Path:
 
 def buildctl() -> Path:
     return _tool(f"buildkit-{versions()['BUILDKIT_VERSION']}", "buildctl")
+
 
 @dataclass(frozen=True)
 class Ran:
